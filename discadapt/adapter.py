@@ -1,0 +1,288 @@
+"""The discriminative adapter of DPT (Qu et al., CVPR 2024): UNet features -> ITM embeddings and REC boxes.
+
+    features of L probed blocks, each (B, C_l, h_l, w_l)
+      -> 1x1 conv to `hidden_size`, resized to a common grid (h, w), summed     (B, D, h, w)
+      -> tokens + 2D sine position embedding + timestep embedding               (B, h*w, D)
+      -> transformer encoder                                                     (B, h*w, D)  "memory"
+      -> transformer decoder over Q_itm + Q_rec learned queries                  (B, Q, D)
+      ITM queries -> projection into the pooled text space, L2-normalised       (B, Q_itm, P)
+      REC queries -> box (cx, cy, w, h) in [0, 1]                                (B, Q_rec, 4)
+                  -> logits [referred object, no object]                        (B, Q_rec, 2)
+                  -> alignment embedding (MDETR-style, with the prompt tokens)   (B, Q_rec, A)
+
+The ITM score of an (image, text) pair is `exp(logit_scale) * max_q cos(itm_embeds[q], pooled_text)`, with the
+UNet conditioned on that text. Sizes come from the UNet and the text encoder: build one with
+`DiscriminativeAdapter.for_pipeline(pipe, layers=[...])`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_1d_sincos_pos_embed_from_grid
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from .probe import FeatureProbe
+from .text import get_unet, pooled_dim
+
+__all__ = ["DiscriminativeAdapter", "AdapterOutput", "DEFAULT_LAYERS"]
+
+DEFAULT_LAYERS = ("up_blocks.0",)
+_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+@dataclass
+class AdapterOutput(BaseOutput):
+    """Outputs of `DiscriminativeAdapter.forward`.
+
+    Args:
+        itm_embeds (`torch.Tensor` of shape `(B, Q_itm, P)`): L2-normalised ITM query embeddings.
+        boxes (`torch.Tensor` of shape `(B, Q_rec, 4)`): predicted boxes (cx, cy, w, h), normalised to [0, 1].
+        rec_logits (`torch.Tensor` of shape `(B, Q_rec, 2)`): logits of [referred object, no object].
+        rec_embeds (`torch.Tensor` of shape `(B, Q_rec, A)`): L2-normalised query side of token alignment.
+        token_embeds (`torch.Tensor` of shape `(B, L, A)`, *optional*): L2-normalised token side of token
+            alignment, when `text_tokens` were given.
+    """
+
+    itm_embeds: torch.Tensor
+    boxes: torch.Tensor
+    rec_logits: torch.Tensor
+    rec_embeds: torch.Tensor
+    token_embeds: torch.Tensor | None = None
+
+
+def _mlp(dims: Sequence[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def sine_position_embedding(dim: int, height: int, width: int, device=None) -> torch.Tensor:
+    """2D sine position embedding `(height * width, dim)`: half the channels encode the row, half the column,
+    with positions on a fixed scale (0..16) so that grids of different sizes share one frame."""
+    if dim % 4:
+        raise ValueError(f"`hidden_size` is {dim}; the 2D sine embedding needs a multiple of 4.")
+    rows = (torch.arange(height, dtype=torch.float64, device=device) + 0.5) * (16.0 / height)
+    cols = (torch.arange(width, dtype=torch.float64, device=device) + 0.5) * (16.0 / width)
+    emb_r = get_1d_sincos_pos_embed_from_grid(dim // 2, rows, output_type="pt")  # (h, dim/2)
+    emb_c = get_1d_sincos_pos_embed_from_grid(dim // 2, cols, output_type="pt")  # (w, dim/2)
+    grid = torch.cat([emb_r[:, None].expand(height, width, -1), emb_c[None].expand(height, width, -1)], dim=-1)
+    return grid.reshape(height * width, dim).float()
+
+
+class DiscriminativeAdapter(ModelMixin, ConfigMixin):
+    """Discriminative adapter over probed UNet features (DPT).
+
+    Args:
+        layers (`Sequence[str]`): probed UNet module paths, in the order features are given.
+        in_channels (`Sequence[int]`): channels of each probed feature map.
+        text_dim (`int`): width P of the pipeline's pooled prompt embedding (ITM target space).
+        token_dim (`int`): width D of the prompt token embeddings (`unet.config.cross_attention_dim`).
+        hidden_size (`int`, defaults to 256): width of the adapter's transformer.
+        num_heads (`int`, defaults to 8): attention heads.
+        encoder_layers (`int`, defaults to 1): transformer encoder layers over the feature tokens.
+        decoder_layers (`int`, defaults to 2): transformer decoder layers over the queries.
+        num_itm_queries (`int`, defaults to 8): ITM queries (score = max over them).
+        num_rec_queries (`int`, defaults to 8): REC (box) queries.
+        align_dim (`int`, defaults to 64): width of the token-alignment space.
+        grid_size (`int`, *optional*): side of the common token grid; defaults to the smallest probed map.
+        dropout (`float`, defaults to 0.0): dropout inside the transformer layers.
+        logit_scale_init (`float`, defaults to log(1/0.07)): initial log of the ITM logit scale (as CLIP).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        layers: Sequence[str],
+        in_channels: Sequence[int],
+        text_dim: int,
+        token_dim: int,
+        hidden_size: int = 256,
+        num_heads: int = 8,
+        encoder_layers: int = 1,
+        decoder_layers: int = 2,
+        num_itm_queries: int = 8,
+        num_rec_queries: int = 8,
+        align_dim: int = 64,
+        grid_size: int | None = None,
+        dropout: float = 0.0,
+        logit_scale_init: float = math.log(1 / 0.07),
+    ):
+        super().__init__()
+        if len(layers) != len(in_channels) or not layers:
+            raise ValueError(
+                f"`layers` ({list(layers)}) and `in_channels` ({list(in_channels)}) must be non-empty and of equal length."
+            )
+        if hidden_size % num_heads or hidden_size % 4:
+            raise ValueError(f"`hidden_size` ({hidden_size}) must be a multiple of `num_heads` ({num_heads}) and of 4.")
+        self.proj = nn.ModuleList(nn.Conv2d(c, hidden_size, kernel_size=1) for c in in_channels)
+        self.time_proj = Timesteps(hidden_size, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(hidden_size, hidden_size)
+
+        def layer(cls):
+            return cls(hidden_size, num_heads, 4 * hidden_size, dropout, batch_first=True, norm_first=True)
+
+        self.encoder = nn.TransformerEncoder(layer(nn.TransformerEncoderLayer), encoder_layers, enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(layer(nn.TransformerDecoderLayer), decoder_layers, norm=nn.LayerNorm(hidden_size))
+        self.queries = nn.Parameter(torch.randn(num_itm_queries + num_rec_queries, hidden_size) * 0.02)
+        self.itm_head = nn.Linear(hidden_size, text_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
+        self.box_head = _mlp([hidden_size, hidden_size, hidden_size, 4])
+        self.class_head = nn.Linear(hidden_size, 2)
+        self.align_query = nn.Linear(hidden_size, align_dim)
+        self.align_token = nn.Linear(token_dim, align_dim)
+
+    # construction and checks ------------------------------------------------------------------------------
+    @classmethod
+    def for_pipeline(cls, pipe, layers: str | Sequence[str] = DEFAULT_LAYERS, **config) -> DiscriminativeAdapter:
+        """An adapter whose sizes match `pipe` (its UNet's probed channels, its text encoders' widths).
+
+        Args:
+            pipe: a diffusers pipeline with a `UNet2DConditionModel` (SD 1.x/2.x, SDXL).
+            layers (`str` or `Sequence[str]`, defaults to `("up_blocks.0",)`): UNet blocks to probe.
+            **config: other constructor arguments (`hidden_size`, `num_itm_queries`, ...).
+        """
+        unet = get_unet(pipe)
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        info = FeatureProbe(unet, layers).describe()
+        adapter = cls(
+            layers=layers,
+            in_channels=[info[name].channels for name in layers],
+            text_dim=pooled_dim(pipe),
+            token_dim=unet.config.cross_attention_dim,
+            **config,
+        )
+        return adapter.to(device=unet.device)
+
+    def check_pipeline(self, pipe) -> None:
+        """Raise a ValueError if this adapter was built for another UNet or text encoder than `pipe`'s."""
+        unet = get_unet(pipe)
+        info = FeatureProbe(unet, self.config.layers).describe()
+        found = [info[name].channels for name in self.config.layers]
+        if list(self.config.in_channels) != found:
+            raise ValueError(
+                f"This adapter expects features with channels {list(self.config.in_channels)} from "
+                f"{list(self.config.layers)}, but this pipeline's UNet gives {found}; build one with "
+                "DiscriminativeAdapter.for_pipeline(pipe, layers=...)."
+            )
+        expected = (self.config.text_dim, self.config.token_dim)
+        found_text = (pooled_dim(pipe), unet.config.cross_attention_dim)
+        if expected != found_text:
+            raise ValueError(
+                f"This adapter expects text widths (pooled, tokens) = {expected}, but this pipeline gives "
+                f"{found_text}; it was built for another text encoder."
+            )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load with `save_pretrained`'s safetensors weights. Pickled weights are refused: a `.bin` file is
+        never unpickled from a user path."""
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(path):
+            folder = os.path.join(path, kwargs.get("subfolder") or "")
+            if not os.path.isfile(os.path.join(folder, _WEIGHTS_NAME)):
+                found = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+                raise ValueError(
+                    f"No {_WEIGHTS_NAME} in {folder} (found: {found}). discadapt loads adapter weights from "
+                    "safetensors only; convert a trusted .bin with safetensors.torch.save_file(torch.load(f, "
+                    "weights_only=True), ...)."
+                )
+        kwargs["use_safetensors"] = True
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except Exception as err:  # safetensors raises its own error type on a corrupt file
+            if type(err).__name__ == "SafetensorError" or "header" in str(err).lower():
+                raise ValueError(f"{path}: the adapter weights are not a valid safetensors file ({err}).") from err
+            raise
+
+    # forward --------------------------------------------------------------------------------------------------
+    def _grid(self, maps: list[torch.Tensor]) -> tuple[int, int]:
+        if self.config.grid_size:
+            return self.config.grid_size, self.config.grid_size
+        return min(m.shape[-2] for m in maps), min(m.shape[-1] for m in maps)
+
+    def forward(
+        self,
+        features: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+        timestep: torch.Tensor | int,
+        text_tokens: torch.Tensor | None = None,
+    ) -> AdapterOutput:
+        """
+        Args:
+            features: probed maps `{layer: (B, C_l, h_l, w_l)}` (as `FeatureProbe` returns) or a list in
+                `config.layers` order.
+            timestep (`torch.Tensor` of shape `(B,)` or `int`): the diffusion timestep of the features.
+            text_tokens (`torch.Tensor` of shape `(B, L, token_dim)`, *optional*): prompt token embeddings
+                (`encoder_hidden_states`) for the REC token-alignment head.
+        """
+        names = self.config.layers
+        if isinstance(features, Mapping):
+            missing = [n for n in names if n not in features]
+            if missing:
+                raise ValueError(f"`features` lacks {missing}; this adapter reads {list(names)}.")
+            maps = [features[n] for n in names]
+        else:
+            maps = list(features)
+        found = [m.shape[1] for m in maps]
+        if found != list(self.config.in_channels):
+            raise ValueError(f"`features` have channels {found}, but this adapter expects {list(self.config.in_channels)} "
+                             f"(from {list(names)}).")
+        batch = maps[0].shape[0]
+        h, w = self._grid(maps)
+        x = 0
+        for proj, m in zip(self.proj, maps):
+            m = proj(m.to(self.dtype))  # (B, D, h_l, w_l)
+            if m.shape[-2:] != (h, w):
+                if m.shape[-2] >= h and m.shape[-1] >= w:
+                    m = F.adaptive_avg_pool2d(m, (h, w))
+                else:
+                    m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+            x = x + m
+        tokens = x.flatten(2).transpose(1, 2)  # (B, h*w, D)
+        pos = sine_position_embedding(self.config.hidden_size, h, w, device=tokens.device).to(tokens.dtype)
+        timestep = torch.as_tensor(timestep, device=tokens.device).reshape(-1).expand(batch)
+        temb = self.time_embedding(self.time_proj(timestep).to(tokens.dtype))  # (B, D)
+        memory = self.encoder(tokens + pos + temb[:, None])  # (B, h*w, D)
+        queries = self.decoder(self.queries.expand(batch, -1, -1).to(memory.dtype), memory)  # (B, Q, D)
+        itm, rec = queries.split([self.config.num_itm_queries, self.config.num_rec_queries], dim=1)
+        token_embeds = None
+        if text_tokens is not None:
+            token_embeds = F.normalize(self.align_token(text_tokens.to(self.dtype)), dim=-1)
+        return AdapterOutput(
+            itm_embeds=F.normalize(self.itm_head(itm), dim=-1),
+            boxes=self.box_head(rec).sigmoid(),
+            rec_logits=self.class_head(rec),
+            rec_embeds=F.normalize(self.align_query(rec), dim=-1),
+            token_embeds=token_embeds,
+        )
+
+    def itm_logits(self, output: AdapterOutput, text_embeds: torch.Tensor, pairwise: bool = True) -> torch.Tensor:
+        """ITM logits in float32: `exp(logit_scale) * max_q cos(itm_embeds[:, q], text)`.
+
+        Args:
+            output (`AdapterOutput`): adapter outputs for B (image, text) pairs.
+            text_embeds (`torch.Tensor` of shape `(B, P)` or `(T, P)`): pooled prompt embeddings.
+            pairwise (`bool`, defaults to True): score pair b with text b, giving `(B,)`; else every
+                output against every text, giving `(B, T)`.
+        """
+        queries = output.itm_embeds.float()  # (B, Q, P), normalised
+        text = F.normalize(text_embeds.float(), dim=-1)
+        if pairwise:
+            if text.shape[0] != queries.shape[0]:
+                raise ValueError(f"pairwise scoring needs one text per output: got {text.shape[0]} texts for "
+                                 f"{queries.shape[0]} outputs.")
+            cos = torch.einsum("bqp,bp->bq", queries, text).amax(dim=1)  # (B,)
+        else:
+            cos = torch.einsum("bqp,tp->btq", queries, text).amax(dim=2)  # (B, T)
+        return self.logit_scale.float().exp() * cos

@@ -1,0 +1,239 @@
+"""Image-text scores on a diffusers pipeline.
+
+- `itm_score`: the discriminative adapter's ITM logit. The image latent is noised to timestep t, the UNet
+  runs conditioned on the prompt through an early-exit `FeatureProbe`, and the adapter reads the features.
+- `denoising_score`: the DiffusionITM baseline (Krojer et al., NeurIPS 2023): minus the mean squared error of
+  the UNet's prediction over several timesteps, optionally relative to the unconditional error,
+      s(x, y) = - 1/|T| sum_t || f(x_t, t, y) - target_t ||^2      [ + 1/|T| sum_t || f(x_t, t, "") - target_t ||^2 ]
+  with the target given by the scheduler's prediction type (epsilon: the noise; v_prediction: the velocity).
+
+Both take the same inputs: B images (PIL, a list of PIL, or a `(B, 3, H, W)` tensor in [0, 1]) or latents
+`(B, C, h, w)` with C the UNet's input channels, and B prompts; pair b is (image b, prompt b). For each
+timestep one noise draw, seeded, is shared by every pair, so scores of one image with different prompts are
+comparable. `x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise` uses the pipeline's training noise schedule.
+
+Example:
+    >>> scores = itm_score(pipe, adapter, [image, image], ["a red cube", "a blue cube"], t=400)
+    >>> baseline = denoising_score(pipe, [image, image], ["a red cube", "a blue cube"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import PIL.Image
+import torch
+from diffusers import DDPMScheduler
+from tqdm.auto import tqdm
+
+from .adapter import DiscriminativeAdapter
+from .probe import FeatureProbe
+from .text import TextEmbeddings, encode_text, get_unet
+
+__all__ = ["itm_score", "denoising_score", "encode_images", "default_timesteps"]
+
+
+def encode_images(pipe, images) -> torch.Tensor:
+    """VAE latents `(B, C, h, w)` (posterior mode, scaled as the UNet expects) of PIL images or a `(B, 3, H, W)`
+    tensor in [0, 1]."""
+    unet = get_unet(pipe)
+    pixels = pipe.image_processor.preprocess(images).to(device=pipe.vae.device, dtype=pipe.vae.dtype)
+    latents = pipe.vae.encode(pixels).latent_dist.mode()
+    shift = getattr(pipe.vae.config, "shift_factor", None) or 0.0
+    return ((latents - shift) * pipe.vae.config.scaling_factor).to(unet.dtype)
+
+
+def _latents(pipe, images_or_latents) -> torch.Tensor:
+    unet = get_unet(pipe)
+    x = images_or_latents
+    if isinstance(x, PIL.Image.Image) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], PIL.Image.Image)):
+        return encode_images(pipe, x)
+    if isinstance(x, torch.Tensor) and x.ndim == 4:
+        if x.shape[1] == unet.config.in_channels:
+            return x.to(device=unet.device, dtype=unet.dtype)
+        if x.shape[1] == 3:
+            return encode_images(pipe, x)
+    shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+    raise ValueError(
+        f"`images_or_latents` is {shape}; pass PIL images, a (B, 3, H, W) image tensor in [0, 1], or latents "
+        f"(B, {unet.config.in_channels}, h, w)."
+    )
+
+
+def _timesteps(pipe, t) -> torch.Tensor:
+    num = pipe.scheduler.config.num_train_timesteps
+    ts = torch.as_tensor(t).reshape(-1)
+    if ts.numel() == 0 or ts.is_floating_point() and not torch.equal(ts, ts.round()):
+        raise ValueError(f"`t` is {t!r}; pass one or more integer timesteps in [0, {num - 1}].")
+    ts = ts.long()
+    if ts.min() < 0 or ts.max() >= num:
+        raise ValueError(f"`t` is {t!r}, outside the scheduler's range: timesteps are 0..{num - 1}.")
+    return ts
+
+
+def default_timesteps(pipe, n: int = 10) -> torch.Tensor:
+    """`n` timesteps evenly spread over the training range (centres of n equal bins)."""
+    num = pipe.scheduler.config.num_train_timesteps
+    return ((torch.arange(n) + 0.5) * num / n).long()
+
+
+def _check_pairs(latents: torch.Tensor, prompts) -> list[str]:
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("`prompts` is empty; pass one prompt per image.")
+    if len(prompts) != latents.shape[0]:
+        raise ValueError(
+            f"Got {latents.shape[0]} images but {len(prompts)} prompts; pair b is (image b, prompt b), so pass "
+            "as many prompts as images (repeat an image to score it against several prompts)."
+        )
+    return prompts
+
+
+def _noise(latents: torch.Tensor, count: int, generator: torch.Generator | None, seed: int) -> torch.Tensor:
+    """`count` noise draws of one latent's shape `(count, 1, C, h, w)`, drawn on the CPU for reproducibility."""
+    if generator is None:
+        generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((count, 1, *latents.shape[1:]), generator=generator, device=generator.device)
+    return noise.to(device=latents.device, dtype=latents.dtype)
+
+
+def _unet_kwargs(pipe, text: TextEmbeddings, latents: torch.Tensor) -> dict:
+    """Added conditioning of SDXL UNets: pooled text and micro-conditioning (original size, crop (0, 0),
+    target size), both the image's size in pixels."""
+    if not text.is_sdxl:
+        return {}
+    h, w = (s * pipe.vae_scale_factor for s in latents.shape[-2:])
+    time_ids = torch.tensor([h, w, 0, 0, h, w], device=latents.device, dtype=text.pooled.dtype)
+    return {"added_cond_kwargs": {"text_embeds": text.pooled, "time_ids": time_ids.expand(len(text), 6)}}
+
+
+def _chunks(n: int, batch_size: int | None) -> list[slice]:
+    size = batch_size or n
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def itm_score(
+    pipe,
+    adapter: DiscriminativeAdapter,
+    images_or_latents,
+    prompts: str | Sequence[str],
+    *,
+    t: int | Sequence[int] | torch.Tensor | None = None,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    grad: bool = False,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Adapter ITM scores of (image, prompt) pairs, averaged over the timesteps `t`.
+
+    Args:
+        pipe: a diffusers pipeline with a `UNet2DConditionModel` (SD 1.x/2.x, SDXL).
+        adapter (`DiscriminativeAdapter`): built for this pipeline (`DiscriminativeAdapter.for_pipeline`).
+        images_or_latents: B images (PIL or `(B, 3, H, W)` in [0, 1]) or latents `(B, C, h, w)`.
+        prompts (`str` or `Sequence[str]`): B prompts.
+        t (`int` or sequence, *optional*): timestep(s) in [0, num_train_timesteps); defaults to the middle one.
+        seed (`int`, defaults to 0): seed of the noise when no `generator` is given.
+        generator (`torch.Generator`, *optional*): CPU generator for the noise.
+        grad (`bool`, defaults to False): keep the autograd graph, so the scores are differentiable w.r.t.
+            latents that require grad.
+        batch_size (`int`, *optional*): pairs per UNet call; all at once by default.
+        progress (`bool`, defaults to False): show a progress bar.
+
+    Returns:
+        `torch.Tensor` of shape `(B,)`, float32: `exp(logit_scale) * max_q cos(query_q, pooled prompt)`.
+    """
+    unet = get_unet(pipe)
+    _check_adapter(adapter, pipe)
+    latents = _latents(pipe, images_or_latents)
+    prompts = _check_pairs(latents, prompts)
+    ts = _timesteps(pipe, pipe.scheduler.config.num_train_timesteps // 2 if t is None else t)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    with torch.no_grad():
+        text = encode_text(pipe, prompts)
+    noise = _noise(latents, len(ts), generator, seed)
+    probe = FeatureProbe(unet, adapter.config.layers, detach=not grad, early_exit=True)
+    scores = []
+    with torch.set_grad_enabled(grad), probe:
+        for part in tqdm(_chunks(len(prompts), batch_size), disable=not progress, desc="ITM scores"):
+            x0, sub = latents[part], text.index(part)
+            total = 0.0
+            for i, step in enumerate(ts):
+                step_b = step.to(unet.device).expand(x0.shape[0])
+                xt = noise_scheduler.add_noise(x0, noise[i].expand_as(x0), step_b)
+                feats = probe(xt, step_b, sub.encoder_hidden_states, **_unet_kwargs(pipe, sub, xt))
+                out = adapter(feats, step_b, text_tokens=sub.encoder_hidden_states)
+                total = total + adapter.itm_logits(out, sub.pooled)
+            scores.append(total / len(ts))
+    return torch.cat(scores)
+
+
+def denoising_score(
+    pipe,
+    images_or_latents,
+    prompts: str | Sequence[str],
+    *,
+    t: int | Sequence[int] | torch.Tensor | None = None,
+    num_timesteps: int = 10,
+    unconditional: bool = False,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    grad: bool = False,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """DiffusionITM score of (image, prompt) pairs: minus the mean denoising error over timesteps.
+
+    Args:
+        pipe, images_or_latents, prompts, seed, generator, grad, batch_size, progress: as in `itm_score`.
+        t (`int` or sequence, *optional*): timesteps; defaults to `num_timesteps` evenly spread ones.
+        num_timesteps (`int`, defaults to 10): how many timesteps when `t` is not given.
+        unconditional (`bool`, defaults to False): subtract the unconditional (empty prompt) error, as
+            DiffusionITM's relative score, which removes how easy the image is to denoise at all.
+
+    Returns:
+        `torch.Tensor` of shape `(B,)`, float32; higher means a better match.
+    """
+    unet = get_unet(pipe)
+    latents = _latents(pipe, images_or_latents)
+    prompts = _check_pairs(latents, prompts)
+    ts = default_timesteps(pipe, num_timesteps) if t is None else _timesteps(pipe, t)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    prediction_type = noise_scheduler.config.prediction_type
+    with torch.no_grad():
+        texts = [encode_text(pipe, prompts)]
+        if unconditional:
+            texts.append(encode_text(pipe, [""] * len(prompts)))
+    noise = _noise(latents, len(ts), generator, seed)
+    scores = []
+    with torch.set_grad_enabled(grad):
+        for part in tqdm(_chunks(len(prompts), batch_size), disable=not progress, desc="denoising scores"):
+            x0 = latents[part]
+            errors = [0.0, 0.0]
+            for i, step in enumerate(ts):
+                step_b = step.to(unet.device).expand(x0.shape[0])
+                eps = noise[i].expand_as(x0)
+                xt = noise_scheduler.add_noise(x0, eps, step_b)
+                if prediction_type == "epsilon":
+                    target = eps
+                elif prediction_type == "v_prediction":
+                    target = noise_scheduler.get_velocity(x0, eps, step_b)
+                else:
+                    target = x0
+                for k, text in enumerate(texts):
+                    sub = text.index(part)
+                    pred = unet(xt, step_b, sub.encoder_hidden_states, **_unet_kwargs(pipe, sub, xt)).sample
+                    errors[k] = errors[k] + (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+            score = -errors[0] / len(ts)
+            if unconditional:
+                score = score + errors[1] / len(ts)
+            scores.append(score)
+    return torch.cat(scores)
+
+
+def _check_adapter(adapter: DiscriminativeAdapter, pipe) -> None:
+    """`adapter.check_pipeline(pipe)` once per (adapter, UNet) pair."""
+    key = id(get_unet(pipe))
+    if getattr(adapter, "_checked_unet", None) != key:
+        adapter.check_pipeline(pipe)
+        adapter._checked_unet = key

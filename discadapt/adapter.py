@@ -28,6 +28,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_1d_sincos_pos_embed_from_grid
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
+from safetensors import safe_open
 from torch import nn
 
 from .probe import FeatureProbe
@@ -186,25 +187,23 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load with `save_pretrained`'s safetensors weights. Pickled weights are refused: a `.bin` file is
-        never unpickled from a user path."""
-        path = os.fspath(pretrained_model_name_or_path)
-        if os.path.isdir(path):
-            folder = os.path.join(path, kwargs.get("subfolder") or "")
-            if not os.path.isfile(os.path.join(folder, _WEIGHTS_NAME)):
-                found = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        """Load what `save_pretrained` wrote. Weights are read from safetensors only: a pickled `.bin` is
+        never unpickled from a user path, and a corrupt file is reported before diffusers reads it."""
+        folder = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        if os.path.isdir(folder):
+            weights = os.path.join(folder, _WEIGHTS_NAME)
+            if not os.path.isfile(weights):
                 raise ValueError(
-                    f"No {_WEIGHTS_NAME} in {folder} (found: {found}). discadapt loads adapter weights from "
-                    "safetensors only; convert a trusted .bin with safetensors.torch.save_file(torch.load(f, "
-                    "weights_only=True), ...)."
+                    f"No {_WEIGHTS_NAME} in {folder} (found: {sorted(os.listdir(folder))}). discadapt loads adapter "
+                    "weights from safetensors only; convert a trusted .bin with "
+                    "safetensors.torch.save_file(torch.load(path, weights_only=True), ...)."
                 )
-        kwargs["use_safetensors"] = True
-        try:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        except Exception as err:  # safetensors raises its own error type on a corrupt file
-            if type(err).__name__ == "SafetensorError" or "header" in str(err).lower():
-                raise ValueError(f"{path}: the adapter weights are not a valid safetensors file ({err}).") from err
-            raise
+            try:
+                with safe_open(weights, framework="pt"):
+                    pass
+            except Exception as err:
+                raise ValueError(f"{weights} is not a valid safetensors file ({err}); save the adapter again.") from err
+        return super().from_pretrained(pretrained_model_name_or_path, use_safetensors=True, **kwargs)
 
     # forward --------------------------------------------------------------------------------------------------
     def _grid(self, maps: list[torch.Tensor]) -> tuple[int, int]:
@@ -268,7 +267,7 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
         )
 
     def itm_logits(self, output: AdapterOutput, text_embeds: torch.Tensor, pairwise: bool = True) -> torch.Tensor:
-        """ITM logits in float32: `exp(logit_scale) * max_q cos(itm_embeds[:, q], text)`.
+        """ITM logits in float32 (float64 for a float64 model): `exp(logit_scale) * max_q cos(itm_embeds[:, q], text)`.
 
         Args:
             output (`AdapterOutput`): adapter outputs for B (image, text) pairs.
@@ -276,8 +275,9 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
             pairwise (`bool`, defaults to True): score pair b with text b, giving `(B,)`; else every
                 output against every text, giving `(B, T)`.
         """
-        queries = output.itm_embeds.float()  # (B, Q, P), normalised
-        text = F.normalize(text_embeds.float(), dim=-1)
+        dtype = torch.promote_types(output.itm_embeds.dtype, torch.float32)
+        queries = output.itm_embeds.to(dtype)  # (B, Q, P), normalised
+        text = F.normalize(text_embeds.to(dtype), dim=-1)
         if pairwise:
             if text.shape[0] != queries.shape[0]:
                 raise ValueError(f"pairwise scoring needs one text per output: got {text.shape[0]} texts for "
@@ -285,4 +285,4 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
             cos = torch.einsum("bqp,bp->bq", queries, text).amax(dim=1)  # (B,)
         else:
             cos = torch.einsum("bqp,tp->btq", queries, text).amax(dim=2)  # (B, T)
-        return self.logit_scale.float().exp() * cos
+        return self.logit_scale.to(dtype).exp() * cos

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 
 import PIL.Image
 import torch
-from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
 from .adapter import DiscriminativeAdapter
@@ -107,6 +106,20 @@ def _unet_kwargs(pipe, text: TextEmbeddings, latents: torch.Tensor) -> dict:
     return {"added_cond_kwargs": {"text_embeds": text.pooled, "time_ids": time_ids.expand(len(text), 6)}}
 
 
+def _schedule(pipe) -> tuple[torch.Tensor, str]:
+    """The pipeline's training noise schedule `abar_t` (T,) and its prediction type."""
+    abar = getattr(pipe.scheduler, "alphas_cumprod", None)
+    if abar is None:
+        raise ValueError(f"{type(pipe.scheduler).__name__} has no `alphas_cumprod`; scoring needs a DDPM-family scheduler.")
+    return abar, pipe.scheduler.config.prediction_type
+
+
+def _add_noise(abar: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, for one timestep per sample."""
+    a = abar.to(x0.device)[t].to(x0.dtype)[:, None, None, None]
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
 def _chunks(n: int, batch_size: int | None) -> list[slice]:
     size = batch_size or n
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
@@ -148,7 +161,7 @@ def itm_score(
     latents = _latents(pipe, images_or_latents)
     prompts = _check_pairs(latents, prompts)
     ts = _timesteps(pipe, pipe.scheduler.config.num_train_timesteps // 2 if t is None else t)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    abar, _ = _schedule(pipe)
     with torch.no_grad():
         text = encode_text(pipe, prompts)
     noise = _noise(latents, len(ts), generator, seed)
@@ -160,7 +173,7 @@ def itm_score(
             total = 0.0
             for i, step in enumerate(ts):
                 step_b = step.to(unet.device).expand(x0.shape[0])
-                xt = noise_scheduler.add_noise(x0, noise[i].expand_as(x0), step_b)
+                xt = _add_noise(abar, x0, noise[i].expand_as(x0), step_b)
                 feats = probe(xt, step_b, sub.encoder_hidden_states, **_unet_kwargs(pipe, sub, xt))
                 out = adapter(feats, step_b, text_tokens=sub.encoder_hidden_states)
                 total = total + adapter.itm_logits(out, sub.pooled)
@@ -198,8 +211,7 @@ def denoising_score(
     latents = _latents(pipe, images_or_latents)
     prompts = _check_pairs(latents, prompts)
     ts = default_timesteps(pipe, num_timesteps) if t is None else _timesteps(pipe, t)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    prediction_type = noise_scheduler.config.prediction_type
+    abar, prediction_type = _schedule(pipe)
     with torch.no_grad():
         texts = [encode_text(pipe, prompts)]
         if unconditional:
@@ -213,11 +225,11 @@ def denoising_score(
             for i, step in enumerate(ts):
                 step_b = step.to(unet.device).expand(x0.shape[0])
                 eps = noise[i].expand_as(x0)
-                xt = noise_scheduler.add_noise(x0, eps, step_b)
+                xt = _add_noise(abar, x0, eps, step_b)
                 if prediction_type == "epsilon":
                     target = eps
-                elif prediction_type == "v_prediction":
-                    target = noise_scheduler.get_velocity(x0, eps, step_b)
+                elif prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x_0
+                    target = _add_noise(abar, eps, -x0, step_b)
                 else:
                     target = x0
                 for k, text in enumerate(texts):

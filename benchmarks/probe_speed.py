@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -50,6 +51,7 @@ MODELS = {
 HEAVY_ON_CPU = {"sd15"}  # seconds per UNet forward on a CPU: time fewer pairs
 TIMESTEP = 500
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+load_seen: list[float] = []  # 1-minute load average after each timed call: other jobs on the CPU skew timings
 
 
 def log(message: str) -> None:
@@ -71,22 +73,29 @@ def full_unet(pipe, latents, prompts, t: int, batch_size: int) -> None:
             unet(xt, steps, text.encoder_hidden_states[start : start + batch_size]).sample
 
 
-def time_call(fn, repeats: int, device: torch.device, warmup=None) -> float:
-    """Median seconds of `repeats` calls of `fn`, after one call of `warmup` (default: `fn`)."""
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
-    (warmup or fn)()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def time_rows(rows: list[dict], device: torch.device) -> list[float]:
+    """Median seconds of each row's timed calls, after one warm-up call each. The timed calls are
+    interleaved (one of each row per round), so a change of load on a shared machine hits every row alike."""
+    for row in rows:
+        log(f"  warm-up: {row['method']}")
+        (row["warmup"] or row["fn"])()
+        sync(device)
+    times: list[list[float]] = [[] for _ in rows]
+    for round_ in range(max(row["repeats"] for row in rows)):
+        for row, row_times in zip(rows, times):
+            if round_ < row["repeats"]:
+                log(f"  round {round_ + 1}: {row['method']} ({row['pairs']} pairs)")
+                start = time.perf_counter()
+                row["fn"]()
+                sync(device)
+                row_times.append(time.perf_counter() - start)
+                load_seen.append(os.getloadavg()[0])
+    return [statistics.median(row_times) for row_times in times]
 
 
 def bench_model(name: str, args, device: torch.device, dtype: torch.dtype) -> list[dict]:
@@ -100,11 +109,13 @@ def bench_model(name: str, args, device: torch.device, dtype: torch.dtype) -> li
 
     log(f"[{name}] building the pipeline and the adapter ...")
     pipe = spec["build"]().to(device)
-    if dtype != torch.float32:  # casting warns, so only when asked
+    adapter = DiscriminativeAdapter.for_pipeline(pipe, layers=layers).eval()
+    if dtype != torch.float32:  # diffusers warns on every cast, so only when asked
         pipe.to(dtype=dtype)
-    adapter = DiscriminativeAdapter.for_pipeline(pipe, layers=layers).to(dtype=dtype).eval()
+        adapter.to(dtype=dtype)
     info = FeatureProbe(pipe.unet, layers).describe(size, size)
-    print(f"\n{name}: {size}x{size} latents, batch {batch}, {pairs} pairs per call ({denoise_pairs} for denoising)")
+    print(f"\n{name}: {size}x{size} latents, batch {batch}; {pairs} pairs per call, median of {args.repeats} calls "
+          f"(denoising: {denoise_pairs} pairs, {denoise_repeats} calls)")
     for layer, feature in info.items():
         print(f"  probed {layer}: {feature}")
 
@@ -113,29 +124,41 @@ def bench_model(name: str, args, device: torch.device, dtype: torch.dtype) -> li
     prompts = [f"a photo of {k} red cubes on a table" for k in range(pairs)]
     few_latents, few_prompts = latents[:denoise_pairs], prompts[:denoise_pairs]
 
+    def denoise(num_timesteps):
+        return lambda: denoising_score(pipe, few_latents, few_prompts, num_timesteps=num_timesteps, batch_size=batch)
+
     rows = [
-        ("full-unet", pairs, args.repeats, lambda: full_unet(pipe, latents, prompts, TIMESTEP, batch), None),
-        (
-            "early-exit probe + adapter",
-            pairs,
-            args.repeats,
-            lambda: itm_score(pipe, adapter, latents, prompts, t=TIMESTEP, batch_size=batch),
-            None,
+        dict(
+            method="full-unet",
+            pairs=pairs,
+            repeats=args.repeats,
+            fn=lambda: full_unet(pipe, latents, prompts, TIMESTEP, batch),
+            warmup=None,
         ),
-        (
-            "denoising score (10 t)",
-            denoise_pairs,
-            denoise_repeats,
-            lambda: denoising_score(pipe, few_latents, few_prompts, num_timesteps=10, batch_size=batch),
-            # On a slow device one timestep is warm-up enough: the same kernels at the same shapes.
-            (lambda: denoising_score(pipe, few_latents, few_prompts, num_timesteps=1, batch_size=batch)) if heavy else None,
+        dict(
+            method="early-exit probe + adapter",
+            pairs=pairs,
+            repeats=args.repeats,
+            fn=lambda: itm_score(pipe, adapter, latents, prompts, t=TIMESTEP, batch_size=batch),
+            warmup=None,
+        ),
+        dict(
+            method="denoising score (10 t)",
+            pairs=denoise_pairs,
+            repeats=denoise_repeats,
+            fn=denoise(10),
+            # Where a call takes minutes, one timestep warms up enough: the same kernels at the same shapes.
+            warmup=denoise(1) if heavy else None,
         ),
     ]
+    log(f"[{name}] timing ...")
     results = []
-    for method, n, repeats, fn, warmup in rows:
-        log(f"[{name}] {method}: {n} pairs, 1 warm-up + {repeats} timed call(s) ...")
-        seconds = time_call(fn, repeats, device, warmup)
-        results.append(dict(model=name, method=method, pairs=n, batch_size=batch, seconds=seconds, pairs_per_s=n / seconds))
+    for row, seconds in zip(rows, time_rows(rows, device)):
+        n = row["pairs"]
+        results.append(
+            dict(model=name, method=row["method"], pairs=n, batch_size=min(batch, n), timed_calls=row["repeats"],
+                 seconds=seconds, pairs_per_s=n / seconds)
+        )
     baseline = results[0]["pairs_per_s"]
     for row in results:
         row.update(ratio_vs_full=row["pairs_per_s"] / baseline, layers=layers, device=str(device), dtype=args.dtype)
@@ -152,6 +175,8 @@ def main() -> None:
     parser.add_argument("--layers", nargs="+", help="probed UNet blocks, for every model (default: per model)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as a JSON list")
     args = parser.parse_args()
+    if args.batch_size < 1 or args.repeats < 1:
+        parser.error("--batch-size and --repeats must be at least 1.")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device.")
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
@@ -160,12 +185,15 @@ def main() -> None:
     results = [row for name in args.models for row in bench_model(name, args, device, dtype)]
     total = time.perf_counter() - start
 
-    print(f"\nITM pairs/s on {args.device} ({args.dtype}), t={TIMESTEP}, median of {args.repeats} after 1 warm-up\n")
+    print(f"\nITM pairs/s on {args.device} ({args.dtype}), t={TIMESTEP}, timed after 1 warm-up per row\n")
     print("| model | method | pairs/s | vs full UNet |")
     print("|---|---|---|---|")
     for row in results:
         print(f"| {row['model']} | {row['method']} | {row['pairs_per_s']:.3g} | {row['ratio_vs_full']:.2f}x |")
     print(f"\ntotal wall time: {total:.0f} s")
+    if device.type == "cpu" and max(load_seen) > torch.get_num_threads() + 0.5:
+        print(f"warning: load average reached {max(load_seen):.1f} with {torch.get_num_threads()} torch threads: "
+              "other processes shared the CPU, so these timings are unreliable; rerun on an idle machine.")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

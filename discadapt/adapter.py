@@ -233,6 +233,8 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
             maps = [features[n] for n in names]
         else:
             maps = list(features)
+        if any(m.ndim != 4 for m in maps):
+            raise ValueError(f"`features` must be (B, C, h, w) maps; got shapes {[tuple(m.shape) for m in maps]}.")
         found = [m.shape[1] for m in maps]
         if found != list(self.config.in_channels):
             raise ValueError(f"`features` have channels {found}, but this adapter expects {list(self.config.in_channels)} "

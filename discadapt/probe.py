@@ -1,7 +1,7 @@
 """Features from named blocks of a diffusers UNet, taken with forward hooks.
 
 A `FeatureProbe` hooks the UNet's own modules (`down_blocks.i`, `mid_block`, `up_blocks.i`, or any finer
-module path such as `up_blocks.1.attentions.0`), so it works on every `UNet2DConditionModel` (SD 1.x,
+module path whose output is a feature map, such as `up_blocks.1.attentions.0`), so it works on every `UNet2DConditionModel` (SD 1.x,
 SD 2.x, SDXL) and every diffusers version that keeps those module names; the UNet's `forward` is never
 copied. With `early_exit=True` the forward pass is stopped right after the last probed block, so the
 high-resolution up blocks, usually most of the cost, are skipped.
@@ -209,12 +209,13 @@ class FeatureProbe:
 
         Args:
             height (`int`, *optional*): latent height; defaults to `unet.config.sample_size`.
-            width (`int`, *optional*): latent width; defaults to `height`.
+            width (`int`, *optional*): latent width; defaults to `height` (to the config's when neither is given).
             **unet_kwargs: example UNet inputs for UNets whose extra conditioning cannot be guessed.
         """
         sample_size = self.unet.config.sample_size
-        sample_size = sample_size[0] if isinstance(sample_size, (tuple, list)) else sample_size
-        height = height or sample_size
+        default_h, default_w = sample_size if isinstance(sample_size, (tuple, list)) else (sample_size, sample_size)
+        if height is None:
+            height, width = default_h, width or default_w
         width = width or height
         if self._info is None:
             size = 2 ** getattr(self.unet, "num_upsamplers", len(self.unet.down_blocks) - 1)
@@ -222,6 +223,13 @@ class FeatureProbe:
             probe = FeatureProbe(self.unet, self.layers, detach=True, early_exit=True)
             with torch.no_grad():
                 feats = probe(**inputs)
+            not_maps = {name: tuple(f.shape) for name, f in feats.items() if f.ndim != 4}
+            if not_maps:
+                raise ValueError(
+                    f"`layers` names modules whose output is not a (B, C, h, w) feature map: {not_maps} (for a "
+                    "size-1 latent batch); probe a block or a module that outputs a map, e.g. 'up_blocks.1' or "
+                    "'up_blocks.1.attentions.0'."
+                )
             self._info = {name: (f.shape[1], size // f.shape[-1]) for name, f in feats.items()}
         return {
             name: FeatureInfo(channels, -(-height // stride), -(-width // stride), stride)

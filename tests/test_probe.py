@@ -150,3 +150,19 @@ def test_bad_layer_names(sd_pipe):
         FeatureProbe(sd_pipe.unet, ["mid_block", "mid_block"])
     with pytest.raises(ValueError, match="not a diffusers UNet"):
         FeatureProbe(sd_pipe.vae, "mid_block")
+
+
+def test_describe_rejects_modules_without_a_feature_map(sd_pipe):
+    probe = FeatureProbe(sd_pipe.unet, ["mid_block", "up_blocks.1.attentions.0.transformer_blocks.0"])
+    with pytest.raises(ValueError, match=r"not a \(B, C, h, w\) feature map: \{'up_blocks.1.attentions.0.transformer_blocks.0'"):
+        probe.describe()
+
+
+def test_describe_non_square_sample_size():
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=(8, 16), block_out_channels=(32, 32), layers_per_block=1, cross_attention_dim=8, norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    assert FeatureProbe(unet, "mid_block").describe() == {"mid_block": FeatureInfo(32, 4, 8, 2)}

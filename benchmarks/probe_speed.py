@@ -114,8 +114,10 @@ def bench_model(name: str, args, device: torch.device, dtype: torch.dtype) -> li
         pipe.to(dtype=dtype)
         adapter.to(dtype=dtype)
     info = FeatureProbe(pipe.unet, layers).describe(size, size)
-    print(f"\n{name}: {size}x{size} latents, batch {batch}; {pairs} pairs per call, median of {args.repeats} calls "
-          f"(denoising: {denoise_pairs} pairs, {denoise_repeats} calls)")
+    print(
+        f"\n{name}: {size}x{size} latents, batch {batch}; {pairs} pairs per call, median of {args.repeats} calls "
+        f"(denoising: {denoise_pairs} pairs, {denoise_repeats} calls)"
+    )
     for layer, feature in info.items():
         print(f"  probed {layer}: {feature}")
 
@@ -156,8 +158,15 @@ def bench_model(name: str, args, device: torch.device, dtype: torch.dtype) -> li
     for row, seconds in zip(rows, time_rows(rows, device)):
         n = row["pairs"]
         results.append(
-            dict(model=name, method=row["method"], pairs=n, batch_size=min(batch, n), timed_calls=row["repeats"],
-                 seconds=seconds, pairs_per_s=n / seconds)
+            dict(
+                model=name,
+                method=row["method"],
+                pairs=n,
+                batch_size=min(batch, n),
+                timed_calls=row["repeats"],
+                seconds=seconds,
+                pairs_per_s=n / seconds,
+            )
         )
     baseline = results[0]["pairs_per_s"]
     for row in results:
@@ -192,8 +201,10 @@ def main() -> None:
         print(f"| {row['model']} | {row['method']} | {row['pairs_per_s']:.3g} | {row['ratio_vs_full']:.2f}x |")
     print(f"\ntotal wall time: {total:.0f} s")
     if device.type == "cpu" and max(load_seen) > torch.get_num_threads() + 0.5:
-        print(f"warning: load average reached {max(load_seen):.1f} with {torch.get_num_threads()} torch threads: "
-              "other processes shared the CPU, so these timings are unreliable; rerun on an idle machine.")
+        print(
+            f"warning: load average reached {max(load_seen):.1f} with {torch.get_num_threads()} torch threads: "
+            "other processes shared the CPU, so these timings are unreliable; rerun on an idle machine."
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -123,7 +123,8 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
         super().__init__()
         if len(layers) != len(in_channels) or not layers:
             raise ValueError(
-                f"`layers` ({list(layers)}) and `in_channels` ({list(in_channels)}) must be non-empty and of equal length."
+                f"`layers` ({list(layers)}) and `in_channels` ({list(in_channels)}) must be non-empty and of equal "
+                "length."
             )
         if hidden_size % num_heads or hidden_size % 4:
             raise ValueError(f"`hidden_size` ({hidden_size}) must be a multiple of `num_heads` ({num_heads}) and of 4.")
@@ -134,8 +135,12 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
         def layer(cls):
             return cls(hidden_size, num_heads, 4 * hidden_size, dropout, batch_first=True, norm_first=True)
 
-        self.encoder = nn.TransformerEncoder(layer(nn.TransformerEncoderLayer), encoder_layers, enable_nested_tensor=False)
-        self.decoder = nn.TransformerDecoder(layer(nn.TransformerDecoderLayer), decoder_layers, norm=nn.LayerNorm(hidden_size))
+        self.encoder = nn.TransformerEncoder(
+            layer(nn.TransformerEncoderLayer), encoder_layers, enable_nested_tensor=False
+        )
+        self.decoder = nn.TransformerDecoder(
+            layer(nn.TransformerDecoderLayer), decoder_layers, norm=nn.LayerNorm(hidden_size)
+        )
         self.queries = nn.Parameter(torch.randn(num_itm_queries + num_rec_queries, hidden_size) * 0.02)
         self.itm_head = nn.Linear(hidden_size, text_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
@@ -237,8 +242,10 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
             raise ValueError(f"`features` must be (B, C, h, w) maps; got shapes {[tuple(m.shape) for m in maps]}.")
         found = [m.shape[1] for m in maps]
         if found != list(self.config.in_channels):
-            raise ValueError(f"`features` have channels {found}, but this adapter expects {list(self.config.in_channels)} "
-                             f"(from {list(names)}).")
+            raise ValueError(
+                f"`features` have channels {found}, but this adapter expects {list(self.config.in_channels)} "
+                f"(from {list(names)})."
+            )
         batch = maps[0].shape[0]
         h, w = self._grid(maps)
         x = 0
@@ -282,8 +289,10 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
         text = F.normalize(text_embeds.to(dtype), dim=-1)
         if pairwise:
             if text.shape[0] != queries.shape[0]:
-                raise ValueError(f"pairwise scoring needs one text per output: got {text.shape[0]} texts for "
-                                 f"{queries.shape[0]} outputs.")
+                raise ValueError(
+                    f"pairwise scoring needs one text per output: got {text.shape[0]} texts for "
+                    f"{queries.shape[0]} outputs."
+                )
             cos = torch.einsum("bqp,bp->bq", queries, text).amax(dim=1)  # (B,)
         else:
             cos = torch.einsum("bqp,tp->btq", queries, text).amax(dim=2)  # (B, T)

@@ -1,7 +1,7 @@
 """`discadapt` command line.
 
-    discadapt inspect --tiny                      blocks of the tiny test pipeline, their channels and sizes
-    discadapt inspect --pipeline DIR [--size 64]  the same for a local diffusers pipeline folder
+discadapt inspect --tiny                      blocks of the tiny test pipeline, their channels and sizes
+discadapt inspect --pipeline DIR [--size 64]  the same for a local diffusers pipeline folder
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ def inspect(args) -> int:
     layers = args.layers or block_names(unet)
     info = FeatureProbe(unet, layers).describe(args.size, args.size)
     size = args.size or unet.config.sample_size
-    print(f"{type(pipe).__name__}: UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M parameters, "
-          f"latents {unet.config.in_channels}x{size}x{size}; text: pooled {pooled_dim(pipe)}, "
-          f"tokens {unet.config.cross_attention_dim}")
+    print(
+        f"{type(pipe).__name__}: UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M parameters, "
+        f"latents {unet.config.in_channels}x{size}x{size}; text: pooled {pooled_dim(pipe)}, "
+        f"tokens {unet.config.cross_attention_dim}"
+    )
     print(f"{'layer':<28}{'channels':>9}{'size':>10}{'stride':>8}")
     for name, f in info.items():
         print(f"{name:<28}{f.channels:>9}{f'{f.height}x{f.width}':>10}{f.stride:>8}")
@@ -39,7 +41,9 @@ def inspect(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="discadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="discadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="list a pipeline's UNet blocks with the shapes of their features")
     source = p.add_mutually_exclusive_group(required=True)

@@ -1,10 +1,10 @@
 """Features from named blocks of a diffusers UNet, taken with forward hooks.
 
 A `FeatureProbe` hooks the UNet's own modules (`down_blocks.i`, `mid_block`, `up_blocks.i`, or any finer
-module path whose output is a feature map, such as `up_blocks.1.attentions.0`), so it works on every `UNet2DConditionModel` (SD 1.x,
-SD 2.x, SDXL) and every diffusers version that keeps those module names; the UNet's `forward` is never
-copied. With `early_exit=True` the forward pass is stopped right after the last probed block, so the
-high-resolution up blocks, usually most of the cost, are skipped.
+module path whose output is a feature map, such as `up_blocks.1.attentions.0`), so it works on every
+`UNet2DConditionModel` (SD 1.x, SD 2.x, SDXL) and every diffusers version that keeps those module names; the
+UNet's `forward` is never copied. With `early_exit=True` the forward pass is stopped right after the last
+probed block, so the high-resolution up blocks, usually most of the cost, are skipped.
 
 Example:
     >>> from discadapt import FeatureProbe

@@ -110,7 +110,9 @@ def _schedule(pipe) -> tuple[torch.Tensor, str]:
     """The pipeline's training noise schedule `abar_t` (T,) and its prediction type."""
     abar = getattr(pipe.scheduler, "alphas_cumprod", None)
     if abar is None:
-        raise ValueError(f"{type(pipe.scheduler).__name__} has no `alphas_cumprod`; scoring needs a DDPM-family scheduler.")
+        raise ValueError(
+            f"{type(pipe.scheduler).__name__} has no `alphas_cumprod`; scoring needs a DDPM-family scheduler."
+        )
     return abar, pipe.scheduler.config.prediction_type
 
 

@@ -28,7 +28,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from .tokenizer import clip_tokenizer
 
-__all__ = ["unet_config", "REAL_UNET_CONFIGS", "sd_pipeline", "tiny_sd_pipeline", "tiny_sdxl_pipeline"]
+__all__ = ["unet_config", "REAL_UNET_CONFIGS", "sd_pipeline", "sdxl_pipeline", "tiny_sd_pipeline", "tiny_sdxl_pipeline"]
 
 # Architecture fields of the published UNet configs (stable-diffusion-v1-5, stable-diffusion-2-1,
 # stable-diffusion-xl-base-1.0); everything not listed is UNet2DConditionModel's default.
@@ -70,9 +70,6 @@ REAL_UNET_CONFIGS: dict[str, dict] = {
         projection_class_embeddings_input_dim=2816,
     ),
 }
-# Hidden sizes of the text encoders that feed those UNets (CLIP ViT-L/14, OpenCLIP ViT-H/14, and SDXL's
-# ViT-L/14 + OpenCLIP ViT-bigG/14 with a 1280-d projection).
-_TEXT_HIDDEN = {"sd15": (768,), "sd21": (1024,), "sdxl": (768, 1280)}
 
 
 def unet_config(name: str, **overrides) -> dict:
@@ -181,6 +178,34 @@ def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     return sd_pipeline(unet, seed=seed, text_layers=2)
 
 
+def sdxl_pipeline(unet: UNet2DConditionModel | dict, seed: int = 0, text_layers: int = 1) -> StableDiffusionXLPipeline:
+    """A `StableDiffusionXLPipeline` around `unet` (a model or a config), with random text encoders of the widths
+    its conditioning expects (`text_layers` layers each), the tiny VAE and Euler.
+
+    The widths come from the UNet config: `text_encoder_2`'s projection gives the pooled `text_embeds`
+    (`projection_class_embeddings_input_dim - 6 * addition_time_embed_dim`), and the two encoders' hidden
+    states are concatenated to `cross_attention_dim` (SDXL: 768 + 1280 = 2048).
+    """
+    if isinstance(unet, dict):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_config(unet)
+    config = unet.config
+    pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(seed),
+        text_encoder=_text_encoder(config.cross_attention_dim - pooled, seed, text_layers),
+        text_encoder_2=_text_encoder(pooled, seed + 1, text_layers, projection_dim=pooled),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
+        unet=unet.eval(),
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+        ),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     """A complete SDXL-shaped pipeline built offline: two text encoders (the second with a projection that
     gives the pooled embedding), a UNet with `text_time` added conditioning, the tiny VAE and Euler."""
@@ -201,17 +226,5 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         projection_class_embeddings_input_dim=32 + 6 * 8,
         cross_attention_dim=64,
         norm_num_groups=16,
-    ).eval()
-    pipe = StableDiffusionXLPipeline(
-        vae=_tiny_vae(seed),
-        text_encoder=_text_encoder(32, seed, 2),
-        text_encoder_2=_text_encoder(32, seed + 1, 2, projection_dim=32),
-        tokenizer=clip_tokenizer(),
-        tokenizer_2=clip_tokenizer(),
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
-        ),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return sdxl_pipeline(unet, seed=seed, text_layers=2)

@@ -46,8 +46,10 @@ def get_unet(pipe) -> UNet2DConditionModel:
         found = "no `unet`" if unet is None else f"a {type(unet).__name__} as `unet`"
         raise ValueError(f"`pipe` is a {type(pipe).__name__} with {found}; discadapt supports {SUPPORTED_PIPELINES}.")
     if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
-        raise ValueError(f"`pipe` is a {type(pipe).__name__} without `text_encoder`/`tokenizer`; discadapt supports "
-                         f"{SUPPORTED_PIPELINES}.")
+        raise ValueError(
+            f"`pipe` is a {type(pipe).__name__} without `text_encoder`/`tokenizer`; discadapt supports "
+            f"{SUPPORTED_PIPELINES}."
+        )
     return unet
 
 

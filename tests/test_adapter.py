@@ -10,10 +10,15 @@ SMALL = dict(hidden_size=32, num_heads=4)
 
 
 def _features(adapter, pipe, latents, seed=0):
-    ehs = torch.randn(latents.shape[0], 6, pipe.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(seed))
+    ehs = torch.randn(
+        latents.shape[0], 6, pipe.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(seed)
+    )
     kwargs = {}
     if pipe.unet.config.addition_embed_type == "text_time":
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.zeros(latents.shape[0], 32), "time_ids": torch.ones(latents.shape[0], 6)}
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.zeros(latents.shape[0], 32),
+            "time_ids": torch.ones(latents.shape[0], 6),
+        }
     with torch.no_grad():
         return FeatureProbe(pipe.unet, adapter.config.layers)(latents, 400, ehs, **kwargs), ehs
 
@@ -69,7 +74,9 @@ def test_sine_position_embedding():
     # token (row 1, col 2): first half encodes row position (1.5 * 16/2 = 12), second half col (2.5 * 16/3)
     row, col = 12.0, 2.5 * 16 / 3
     omega = 1.0 / 10000 ** (torch.arange(2, dtype=torch.float64) / 2)
-    expected = torch.cat([torch.sin(row * omega), torch.cos(row * omega), torch.sin(col * omega), torch.cos(col * omega)])
+    expected = torch.cat(
+        [torch.sin(row * omega), torch.cos(row * omega), torch.sin(col * omega), torch.cos(col * omega)]
+    )
     torch.testing.assert_close(emb[1 * 3 + 2].double(), expected, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="multiple of 4"):
         sine_position_embedding(6, 2, 2)
@@ -119,8 +126,13 @@ def _with_wider_unet():
     from discadapt.testing import sd_pipeline
 
     unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(64, 64), layers_per_block=1, cross_attention_dim=32, norm_num_groups=16,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        sample_size=8,
+        block_out_channels=(64, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        norm_num_groups=16,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
     )
     return sd_pipeline(unet)
 
@@ -129,4 +141,6 @@ def test_bad_config():
     with pytest.raises(ValueError, match="equal length"):
         DiscriminativeAdapter(layers=["mid_block"], in_channels=[4, 8], text_dim=4, token_dim=4)
     with pytest.raises(ValueError, match="multiple of `num_heads`"):
-        DiscriminativeAdapter(layers=["mid_block"], in_channels=[4], text_dim=4, token_dim=4, hidden_size=30, num_heads=4)
+        DiscriminativeAdapter(
+            layers=["mid_block"], in_channels=[4], text_dim=4, token_dim=4, hidden_size=30, num_heads=4
+        )

@@ -5,7 +5,9 @@ from discadapt import FeatureInfo, FeatureProbe, block_names
 
 
 def _inputs(pipe, latents):
-    ehs = torch.randn(latents.shape[0], 5, pipe.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(2))
+    ehs = torch.randn(
+        latents.shape[0], 5, pipe.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(2)
+    )
     return latents, torch.tensor([300] * latents.shape[0]), ehs
 
 
@@ -27,7 +29,13 @@ def _hooked_forward(unet, names, *inputs, **kwargs):
 
 def test_block_names(sd_pipe):
     assert block_names(sd_pipe.unet) == [
-        "down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.0", "up_blocks.1", "up_blocks.2",
+        "down_blocks.0",
+        "down_blocks.1",
+        "down_blocks.2",
+        "mid_block",
+        "up_blocks.0",
+        "up_blocks.1",
+        "up_blocks.2",
     ]
 
 
@@ -154,7 +162,9 @@ def test_bad_layer_names(sd_pipe):
 
 def test_describe_rejects_modules_without_a_feature_map(sd_pipe):
     probe = FeatureProbe(sd_pipe.unet, ["mid_block", "up_blocks.1.attentions.0.transformer_blocks.0"])
-    with pytest.raises(ValueError, match=r"not a \(B, C, h, w\) feature map: \{'up_blocks.1.attentions.0.transformer_blocks.0'"):
+    with pytest.raises(
+        ValueError, match=r"not a \(B, C, h, w\) feature map: \{'up_blocks.1.attentions.0.transformer_blocks.0'"
+    ):
         probe.describe()
 
 
@@ -162,7 +172,12 @@ def test_describe_non_square_sample_size():
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel(
-        sample_size=(8, 16), block_out_channels=(32, 32), layers_per_block=1, cross_attention_dim=8, norm_num_groups=8,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        sample_size=(8, 16),
+        block_out_channels=(32, 32),
+        layers_per_block=1,
+        cross_attention_dim=8,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
     )
     assert FeatureProbe(unet, "mid_block").describe() == {"mid_block": FeatureInfo(32, 4, 8, 2)}

@@ -36,11 +36,10 @@ import types
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from diffusers import UNet2DConditionModel
 
-from discadapt import DiscriminativeAdapter, FeatureInfo, FeatureProbe, block_names, clip_tokenizer, itm_score
-from discadapt.testing import sd_pipeline, unet_config
+from discadapt import DiscriminativeAdapter, FeatureInfo, FeatureProbe, block_names, itm_score
+from discadapt.testing import sd_pipeline, sdxl_pipeline, unet_config
 
 # Small latents for real forward passes: non-square, so height and width cannot be swapped unnoticed.
 H, W = 16, 24
@@ -88,55 +87,6 @@ REAL_PARAMETERS = {"sd15": 859_520_964, "sd21": 865_910_724, "sdxl": 2_567_463_6
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _sdxl_pipeline(unet: UNet2DConditionModel, seed: int = 0) -> StableDiffusionXLPipeline:
-    """An SDXL pipeline around `unet` with text encoders of SDXL's real widths (CLIP ViT-L: 768; OpenCLIP
-    ViT-bigG: 1280 with a 1280-d projection; 2 random layers each, the real CLIP tokenizer), a tiny VAE with
-    SDXL's 8x downsampling, and Euler."""
-
-    def text_encoder(hidden_size, heads, projection_dim=None, seed=seed):
-        config = CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size,
-            num_hidden_layers=2,
-            num_attention_heads=heads,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-            projection_dim=projection_dim or hidden_size,
-        )
-        torch.manual_seed(seed)
-        cls = CLIPTextModel if projection_dim is None else CLIPTextModelWithProjection
-        return cls(config).eval()
-
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 8, 8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-    ).eval()
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder(768, 12),
-        text_encoder_2=text_encoder(1280, 20, projection_dim=1280, seed=seed + 1),
-        tokenizer=clip_tokenizer(),
-        tokenizer_2=clip_tokenizer(),
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
-        ),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _expected_at(shapes: dict[str, FeatureInfo], height: int, width: int) -> dict[str, FeatureInfo]:
@@ -413,7 +363,7 @@ class TestSDXL(_RealUNetChecks):
     TEXT_DIM = 1280  # text_encoder_2's projection (OpenCLIP ViT-bigG/14)
     TOKEN_DIM = 2048  # 768 + 1280, both encoders' penultimate hidden states
     ADAPTER_LAYERS = ["down_blocks.1", "up_blocks.0", "up_blocks.1"]
-    build_pipeline = staticmethod(_sdxl_pipeline)
+    build_pipeline = staticmethod(sdxl_pipeline)
 
     def test_reduced_config_keeps_real_widths(self, model):
         cfg = model.unet.config

@@ -25,7 +25,9 @@ def test_encode_text_matches_the_pipeline(sd_pipe, sdxl_pipe):
     text = encode_text(sd_pipe, PROMPTS)
     embeds, _ = sd_pipe.encode_prompt(PROMPTS, "cpu", 1, False)
     assert torch.equal(text.encoder_hidden_states, embeds)
-    ids = sd_pipe.tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids = sd_pipe.tokenizer(
+        PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
     assert torch.equal(text.pooled, sd_pipe.text_encoder(ids).pooler_output)
     assert text.mask.sum(1).tolist() == [5, 10, 6]  # start + tokens + end; 'triangles' is two tokens
     xl = encode_text(sdxl_pipe, PROMPTS)
@@ -59,7 +61,9 @@ def test_itm_score_seeding_batching_and_timesteps(sd_pipe, adapter, latents):
     a = itm_score(sd_pipe, adapter, latents, PROMPTS, t=400)
     assert torch.equal(a, itm_score(sd_pipe, adapter, latents, PROMPTS, t=400))
     assert not torch.allclose(a, itm_score(sd_pipe, adapter, latents, PROMPTS, t=400, seed=1))
-    torch.testing.assert_close(a, itm_score(sd_pipe, adapter, latents, PROMPTS, t=400, batch_size=1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        a, itm_score(sd_pipe, adapter, latents, PROMPTS, t=400, batch_size=1), rtol=1e-5, atol=1e-5
+    )
     # several timesteps: the mean of single-timestep scores, timestep k noised with row k of one seeded draw
     two = itm_score(sd_pipe, adapter, latents, PROMPTS, t=[100, 700], generator=torch.Generator().manual_seed(0))
     noise = torch.randn((2, 1, 4, 16, 16), generator=torch.Generator().manual_seed(0))
@@ -105,7 +109,9 @@ def test_itm_score_gradient_matches_finite_differences_float64():
 
 
 def test_images_are_encoded_with_the_vae(sd_pipe, adapter):
-    images = sd_pipe(PROMPTS[:2], num_inference_steps=2, output_type="pil", generator=torch.Generator().manual_seed(0)).images
+    images = sd_pipe(
+        PROMPTS[:2], num_inference_steps=2, output_type="pil", generator=torch.Generator().manual_seed(0)
+    ).images
     latents = encode_images(sd_pipe, images)
     with torch.no_grad():
         pixels = sd_pipe.image_processor.preprocess(images)
@@ -140,8 +146,10 @@ def test_denoising_score_equals_formula(sd_pipe, latents):
                 pred = sd_pipe.unet(xt, torch.tensor([t] * 3), text.encoder_hidden_states).sample
                 expected += sign * (pred - eps).double().pow(2).mean(dim=(1, 2, 3)) / len(ts)
     torch.testing.assert_close(scores.double(), expected, rtol=1e-4, atol=1e-6)
-    assert torch.equal(denoising_score(sd_pipe, latents, PROMPTS, num_timesteps=2),
-                       denoising_score(sd_pipe, latents, PROMPTS, t=[250, 750]))  # default: bin centres
+    assert torch.equal(
+        denoising_score(sd_pipe, latents, PROMPTS, num_timesteps=2),
+        denoising_score(sd_pipe, latents, PROMPTS, t=[250, 750]),
+    )  # default: bin centres
 
 
 def test_denoising_score_v_prediction(latents):
@@ -178,7 +186,9 @@ def test_pipeline_without_unet(adapter, latents):
     class FluxLikePipeline:
         transformer = object()
 
-    with pytest.raises(ValueError, match="FluxLikePipeline with no `unet`; discadapt supports .*StableDiffusionXLPipeline"):
+    with pytest.raises(
+        ValueError, match="FluxLikePipeline with no `unet`; discadapt supports .*StableDiffusionXLPipeline"
+    ):
         itm_score(FluxLikePipeline(), adapter, latents, PROMPTS)
     with pytest.raises(ValueError, match="FluxLikePipeline with no `unet`"):
         DiscriminativeAdapter.for_pipeline(FluxLikePipeline())

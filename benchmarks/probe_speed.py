@@ -19,7 +19,7 @@ Each row is timed as the median of `--repeats` calls after one warm-up call, and
 second and as a ratio to the `full-unet` row of the same model. Every call scores `8 x --batch-size` pairs,
 except SD 1.5 on the CPU, where one UNet forward takes seconds: there the batch is at most 2, the full and
 probe rows score one batch per call, and the denoising row scores a single pair once (ten forwards), after
-a one-timestep warm-up. About 5 minutes on 2 CPU cores; seconds on a GPU.
+a one-timestep warm-up. About 2 minutes on 2 idle CPU cores; seconds on a GPU.
 
 Run:
     python benchmarks/probe_speed.py                      # both models on the CPU, float32

@@ -122,9 +122,25 @@ def _add_noise(abar: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: tor
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def _chunks(n: int, batch_size: int | None) -> list[slice]:
-    size = batch_size or n
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+def _prepare(pipe, images_or_latents, prompts, ts, generator, seed):
+    """Checked inputs shared by the scorers: latents (B, C, h, w), B prompts, timesteps (T,), noise (T, 1, C, h, w)."""
+    latents = _latents(pipe, images_or_latents)
+    prompts = _check_pairs(latents, prompts)
+    return latents, prompts, ts, _noise(latents, len(ts), generator, seed)
+
+
+def _noised(pipe, latents, ts, noise, batch_size, progress, desc):
+    """For each batch of pairs (a slice of the B pairs) and each timestep k, yield
+    `(part, x_0, t, noise, x_t)` with `t` of shape (b,) and x_t noised with draw k."""
+    abar = _schedule(pipe)[0]
+    size = batch_size or len(latents)
+    for start in tqdm(range(0, len(latents), size), disable=not progress, desc=desc):
+        part = slice(start, start + size)
+        x0 = latents[part]
+        for k, step in enumerate(ts):
+            step_b = step.to(x0.device).expand(x0.shape[0])
+            eps = noise[k].expand_as(x0)
+            yield part, x0, step_b, eps, _add_noise(abar, x0, eps, step_b)
 
 
 def itm_score(
@@ -160,27 +176,19 @@ def itm_score(
     """
     unet = get_unet(pipe)
     _check_adapter(adapter, pipe)
-    latents = _latents(pipe, images_or_latents)
-    prompts = _check_pairs(latents, prompts)
     ts = _timesteps(pipe, pipe.scheduler.config.num_train_timesteps // 2 if t is None else t)
-    abar, _ = _schedule(pipe)
+    latents, prompts, ts, noise = _prepare(pipe, images_or_latents, prompts, ts, generator, seed)
     with torch.no_grad():
         text = encode_text(pipe, prompts)
-    noise = _noise(latents, len(ts), generator, seed)
     probe = FeatureProbe(unet, adapter.config.layers, detach=not grad, early_exit=True)
-    scores = []
+    totals: dict[int, torch.Tensor] = {}  # first pair of a batch -> sum over timesteps of its scores
     with torch.set_grad_enabled(grad), probe:
-        for part in tqdm(_chunks(len(prompts), batch_size), disable=not progress, desc="ITM scores"):
-            x0, sub = latents[part], text.index(part)
-            total = 0.0
-            for i, step in enumerate(ts):
-                step_b = step.to(unet.device).expand(x0.shape[0])
-                xt = _add_noise(abar, x0, noise[i].expand_as(x0), step_b)
-                feats = probe(xt, step_b, sub.encoder_hidden_states, **_unet_kwargs(pipe, sub, xt))
-                out = adapter(feats, step_b, text_tokens=sub.encoder_hidden_states)
-                total = total + adapter.itm_logits(out, sub.pooled)
-            scores.append(total / len(ts))
-    return torch.cat(scores)
+        for part, _, step, _, xt in _noised(pipe, latents, ts, noise, batch_size, progress, "ITM scores"):
+            sub = text.index(part)
+            feats = probe(xt, step, sub.encoder_hidden_states, **_unet_kwargs(pipe, sub, xt))
+            out = adapter(feats, step, text_tokens=sub.encoder_hidden_states)
+            totals[part.start] = totals.get(part.start, 0) + adapter.itm_logits(out, sub.pooled)
+    return torch.cat(list(totals.values())) / len(ts)
 
 
 def denoising_score(
@@ -210,39 +218,28 @@ def denoising_score(
         `torch.Tensor` of shape `(B,)`, float32; higher means a better match.
     """
     unet = get_unet(pipe)
-    latents = _latents(pipe, images_or_latents)
-    prompts = _check_pairs(latents, prompts)
     ts = default_timesteps(pipe, num_timesteps) if t is None else _timesteps(pipe, t)
+    latents, prompts, ts, noise = _prepare(pipe, images_or_latents, prompts, ts, generator, seed)
     abar, prediction_type = _schedule(pipe)
     with torch.no_grad():
         texts = [encode_text(pipe, prompts)]
         if unconditional:
             texts.append(encode_text(pipe, [""] * len(prompts)))
-    noise = _noise(latents, len(ts), generator, seed)
-    scores = []
+    totals: dict[int, torch.Tensor] = {}  # first pair of a batch -> sum over timesteps of its score
     with torch.set_grad_enabled(grad):
-        for part in tqdm(_chunks(len(prompts), batch_size), disable=not progress, desc="denoising scores"):
-            x0 = latents[part]
-            errors = [0.0, 0.0]
-            for i, step in enumerate(ts):
-                step_b = step.to(unet.device).expand(x0.shape[0])
-                eps = noise[i].expand_as(x0)
-                xt = _add_noise(abar, x0, eps, step_b)
-                if prediction_type == "epsilon":
-                    target = eps
-                elif prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x_0
-                    target = _add_noise(abar, eps, -x0, step_b)
-                else:
-                    target = x0
-                for k, text in enumerate(texts):
-                    sub = text.index(part)
-                    pred = unet(xt, step_b, sub.encoder_hidden_states, **_unet_kwargs(pipe, sub, xt)).sample
-                    errors[k] = errors[k] + (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
-            score = -errors[0] / len(ts)
-            if unconditional:
-                score = score + errors[1] / len(ts)
-            scores.append(score)
-    return torch.cat(scores)
+        for part, x0, step, eps, xt in _noised(pipe, latents, ts, noise, batch_size, progress, "denoising scores"):
+            if prediction_type == "epsilon":
+                target = eps
+            elif prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x_0
+                target = _add_noise(abar, eps, -x0, step)
+            else:
+                target = x0
+            for sign, text in zip((-1.0, 1.0), texts):  # - conditional error [+ unconditional error]
+                sub = text.index(part)
+                pred = unet(xt, step, sub.encoder_hidden_states, **_unet_kwargs(pipe, sub, xt)).sample
+                error = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+                totals[part.start] = totals.get(part.start, 0) + sign * error
+    return torch.cat(list(totals.values())) / len(ts)
 
 
 def _check_adapter(adapter: DiscriminativeAdapter, pipe) -> None:

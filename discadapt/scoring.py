@@ -62,7 +62,7 @@ def _latents(pipe, images_or_latents) -> torch.Tensor:
 def _timesteps(pipe, t) -> torch.Tensor:
     num = pipe.scheduler.config.num_train_timesteps
     ts = torch.as_tensor(t).reshape(-1)
-    if ts.numel() == 0 or ts.is_floating_point() and not torch.equal(ts, ts.round()):
+    if ts.numel() == 0 or (ts.is_floating_point() and not torch.equal(ts, ts.round())):
         raise ValueError(f"`t` is {t!r}; pass one or more integer timesteps in [0, {num - 1}].")
     ts = ts.long()
     if ts.min() < 0 or ts.max() >= num:
@@ -122,11 +122,11 @@ def _add_noise(abar: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: tor
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def _prepare(pipe, images_or_latents, prompts, ts, generator, seed):
-    """Checked inputs shared by the scorers: latents (B, C, h, w), B prompts, timesteps (T,), noise (T, 1, C, h, w)."""
+def _prepare(pipe, images_or_latents, prompts, num_timesteps: int, generator, seed):
+    """Checked inputs shared by the scorers: latents (B, C, h, w), B prompts, noise (T, 1, C, h, w)."""
     latents = _latents(pipe, images_or_latents)
     prompts = _check_pairs(latents, prompts)
-    return latents, prompts, ts, _noise(latents, len(ts), generator, seed)
+    return latents, prompts, _noise(latents, num_timesteps, generator, seed)
 
 
 def _noised(pipe, latents, ts, noise, batch_size, progress, desc):
@@ -177,7 +177,7 @@ def itm_score(
     unet = get_unet(pipe)
     _check_adapter(adapter, pipe)
     ts = _timesteps(pipe, pipe.scheduler.config.num_train_timesteps // 2 if t is None else t)
-    latents, prompts, ts, noise = _prepare(pipe, images_or_latents, prompts, ts, generator, seed)
+    latents, prompts, noise = _prepare(pipe, images_or_latents, prompts, len(ts), generator, seed)
     with torch.no_grad():
         text = encode_text(pipe, prompts)
     probe = FeatureProbe(unet, adapter.config.layers, detach=not grad, early_exit=True)
@@ -219,7 +219,7 @@ def denoising_score(
     """
     unet = get_unet(pipe)
     ts = default_timesteps(pipe, num_timesteps) if t is None else _timesteps(pipe, t)
-    latents, prompts, ts, noise = _prepare(pipe, images_or_latents, prompts, ts, generator, seed)
+    latents, prompts, noise = _prepare(pipe, images_or_latents, prompts, len(ts), generator, seed)
     abar, prediction_type = _schedule(pipe)
     with torch.no_grad():
         texts = [encode_text(pipe, prompts)]

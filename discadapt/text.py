@@ -25,7 +25,7 @@ SUPPORTED_PIPELINES = (
 @dataclasses.dataclass
 class TextEmbeddings:
     """Prompt encodings: `encoder_hidden_states` (B, L, D), `pooled` (B, P), `mask` (B, L) with 1 on real
-    tokens, and `added_cond_kwargs` for UNets with added conditioning (SDXL), else None."""
+    tokens; `is_sdxl` when the UNet also takes `pooled` as added conditioning (`text_embeds`)."""
 
     encoder_hidden_states: torch.Tensor
     pooled: torch.Tensor

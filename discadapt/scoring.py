@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .adapter import DiscriminativeAdapter
 from .probe import FeatureProbe
-from .text import TextEmbeddings, encode_text, get_unet
+from .text import encode_text, get_unet, unet_text_kwargs
 
 __all__ = ["itm_score", "denoising_score", "encode_images", "default_timesteps"]
 
@@ -94,16 +94,6 @@ def _noise(latents: torch.Tensor, count: int, generator: torch.Generator | None,
         generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((count, 1, *latents.shape[1:]), generator=generator, device=generator.device)
     return noise.to(device=latents.device, dtype=latents.dtype)
-
-
-def _unet_kwargs(pipe, text: TextEmbeddings, latents: torch.Tensor) -> dict:
-    """Added conditioning of SDXL UNets: pooled text and micro-conditioning (original size, crop (0, 0),
-    target size), both the image's size in pixels."""
-    if not text.is_sdxl:
-        return {}
-    h, w = (s * pipe.vae_scale_factor for s in latents.shape[-2:])
-    time_ids = torch.tensor([h, w, 0, 0, h, w], device=latents.device, dtype=text.pooled.dtype)
-    return {"added_cond_kwargs": {"text_embeds": text.pooled, "time_ids": time_ids.expand(len(text), 6)}}
 
 
 def _schedule(pipe) -> tuple[torch.Tensor, str]:
@@ -185,7 +175,7 @@ def itm_score(
     with torch.set_grad_enabled(grad), probe:
         for part, _, step, _, xt in _noised(pipe, latents, ts, noise, batch_size, progress, "ITM scores"):
             sub = text.index(part)
-            feats = probe(xt, step, sub.encoder_hidden_states, **_unet_kwargs(pipe, sub, xt))
+            feats = probe(xt, step, sub.encoder_hidden_states, **unet_text_kwargs(pipe, sub, xt))
             out = adapter(feats, step, text_tokens=sub.encoder_hidden_states)
             totals[part.start] = totals.get(part.start, 0) + adapter.itm_logits(out, sub.pooled)
     return torch.cat(list(totals.values())) / len(ts)
@@ -236,7 +226,7 @@ def denoising_score(
                 target = x0
             for sign, text in zip((-1.0, 1.0), texts):  # - conditional error [+ unconditional error]
                 sub = text.index(part)
-                pred = unet(xt, step, sub.encoder_hidden_states, **_unet_kwargs(pipe, sub, xt)).sample
+                pred = unet(xt, step, sub.encoder_hidden_states, **unet_text_kwargs(pipe, sub, xt)).sample
                 error = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
                 totals[part.start] = totals.get(part.start, 0) + sign * error
     return torch.cat(list(totals.values())) / len(ts)

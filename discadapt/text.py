@@ -14,7 +14,7 @@ import dataclasses
 import torch
 from diffusers import UNet2DConditionModel
 
-__all__ = ["TextEmbeddings", "encode_text", "get_unet", "pooled_dim", "SUPPORTED_PIPELINES"]
+__all__ = ["TextEmbeddings", "encode_text", "get_unet", "pooled_dim", "unet_text_kwargs", "SUPPORTED_PIPELINES"]
 
 SUPPORTED_PIPELINES = (
     "pipelines built on a UNet2DConditionModel with CLIP text encoders: StableDiffusionPipeline (SD 1.x, 2.x), "
@@ -89,3 +89,14 @@ def encode_text(pipe, prompts: list[str]) -> TextEmbeddings:
     out = encoder(tokens.input_ids.to(device), attention_mask=mask if use_mask else None)
     pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
     return TextEmbeddings(out.last_hidden_state.to(unet.dtype), pooled.to(unet.dtype), mask)
+
+
+def unet_text_kwargs(pipe, text: TextEmbeddings, latents: torch.Tensor) -> dict:
+    """Extra UNet inputs that come from the text: for SDXL, `added_cond_kwargs` with the pooled text and the
+    micro-conditioning `time_ids` (original size, crop (0, 0), target size: the image's size in pixels); for
+    SD 1.x/2.x nothing. `latents` (B, C, h, w) give the size."""
+    if not text.is_sdxl:
+        return {}
+    h, w = (s * pipe.vae_scale_factor for s in latents.shape[-2:])
+    time_ids = torch.tensor([h, w, 0, 0, h, w], device=latents.device, dtype=text.pooled.dtype)
+    return {"added_cond_kwargs": {"text_embeds": text.pooled, "time_ids": time_ids.expand(len(text), 6)}}

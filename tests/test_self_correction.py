@@ -1,0 +1,209 @@
+import math
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+from discadapt import DiscriminativeAdapter
+from discadapt.sampling import SelfCorrection
+from discadapt.testing import tiny_sd_pipeline, tiny_sdxl_pipeline
+
+PROMPTS = ["a red circle", "a blue square above a green triangle"]
+SCHEDULERS = {
+    "ddim": DDIMScheduler.from_config,
+    "euler": EulerDiscreteScheduler.from_config,
+    "dpm++": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),
+    "unipc": UniPCMultistepScheduler.from_config,
+}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_sd_pipeline(seed=0)
+
+
+@pytest.fixture(scope="module")
+def adapter(pipe):
+    torch.manual_seed(0)
+    return DiscriminativeAdapter.for_pipeline(pipe, layers=["mid_block", "up_blocks.0"], hidden_size=32, num_heads=4)
+
+
+def _generate(pipe, callback=None, steps=4, **kwargs):
+    kwargs.setdefault("prompt", PROMPTS)
+    return pipe(
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["latents"],
+        **kwargs,
+    ).images
+
+
+class Linear:
+    """s(x, y) = <w, x> on the UNet input x: grad_z s = w * d x / d z."""
+
+    def __init__(self, shape, infinite=False):
+        self.w = torch.randn(shape, generator=torch.Generator().manual_seed(9))
+        self.infinite = infinite
+
+    def __call__(self, model_input, t, text):
+        w = self.w * (math.inf if self.infinite else 1.0)
+        return (w * model_input).flatten(1).sum(1)
+
+
+class Recorder(PipelineCallback):
+    tensor_inputs = ["latents"]
+
+    def __init__(self):
+        super().__init__(cutoff_step_ratio=1.0)
+        self.latents = []
+
+    def callback_fn(self, pipe, step_index, timestep, callback_kwargs):
+        self.latents.append(callback_kwargs["latents"].clone())
+        return callback_kwargs
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+@pytest.mark.parametrize("guidance_scale", [1.0, 5.0])  # classifier-free guidance off and on
+def test_scale_zero_is_bit_identical(pipe, adapter, name, guidance_scale):
+    pipe.scheduler = SCHEDULERS[name](pipe.scheduler.config)
+    plain = _generate(pipe, guidance_scale=guidance_scale, num_images_per_prompt=2)
+    off = _generate(
+        pipe, SelfCorrection(adapter, PROMPTS, scale=0.0), guidance_scale=guidance_scale, num_images_per_prompt=2
+    )
+    empty_window = SelfCorrection(adapter, PROMPTS, scale=1.0, start=0.5, stop=0.5)
+    assert torch.equal(plain, off)
+    assert torch.equal(plain, _generate(pipe, empty_window, guidance_scale=guidance_scale, num_images_per_prompt=2))
+    corrected = _generate(
+        pipe, SelfCorrection(adapter, PROMPTS, scale=2.0), guidance_scale=guidance_scale, num_images_per_prompt=2
+    )
+    assert corrected.shape == plain.shape and not torch.allclose(corrected, plain)
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler"])
+def test_latents_move_as_the_formula_says(name):
+    pipe = tiny_sd_pipeline(seed=0)
+    pipe.scheduler = SCHEDULERS[name](pipe.scheduler.config)
+    score = Linear((1, 4, 16, 16))
+    before, after = Recorder(), Recorder()
+    fix = SelfCorrection(score, PROMPTS, scale=0.3, schedule="linear", iterations=2)
+    _generate(pipe, MultiPipelineCallbacks([before, fix, after]), steps=5)
+    n = len(pipe.scheduler.timesteps)
+    for i, (z, z_new) in enumerate(zip(before.latents, after.latents)):
+        k = i + 1
+        if k == n:  # the final latent has no next step: left alone
+            assert torch.equal(z, z_new)
+            continue
+        # d(model input)/dz: 1 for DDIM, 1 / sqrt(sigma_k^2 + 1) for Euler's sigma-scaled latents
+        dx_dz = 1.0 if name == "ddim" else 1.0 / math.sqrt(float(pipe.scheduler.sigmas[k]) ** 2 + 1)
+        eta = 0.3 * (1 - k / n)
+        torch.testing.assert_close(z_new, z + 2 * eta * score.w * dx_dz, rtol=1e-6, atol=1e-6)
+
+
+def test_window_and_schedules(pipe, adapter):
+    pipe.scheduler.set_timesteps(10)
+    fix = SelfCorrection(adapter, PROMPTS, scale=2.0, start=0.2, stop=0.6, schedule="cosine")
+    etas = [fix.step_size(pipe, i) for i in range(10)]
+    expected = [
+        0,
+        2 * 0.5 * (1 + math.cos(math.pi * 0.2)),
+        *[2 * 0.5 * (1 + math.cos(math.pi * k / 10)) for k in (3, 4, 5)],
+    ]
+    assert etas[:5] == pytest.approx(expected) and etas[5:] == [0.0] * 5
+    custom = SelfCorrection(adapter, PROMPTS, scale=1.0, schedule=lambda f: f * f)
+    assert custom.step_size(pipe, 4) == pytest.approx(0.25)
+
+
+def test_normalize_and_clip(pipe):
+    pipe.scheduler.set_timesteps(4)
+    text_free = Linear((1, 4, 16, 16))
+    z = torch.randn(2, 4, 16, 16)
+    t = pipe.scheduler.timesteps[1]
+    for normalize, bound in (("unit", 1.0), ("clip", 0.5)):
+        fix = SelfCorrection(text_free, PROMPTS, normalize=normalize, max_grad_norm=0.5)
+        g = fix.gradient(pipe, z, t, fix._text_for(pipe, 2))
+        torch.testing.assert_close(g.flatten(1).norm(dim=1), torch.full((2,), bound))
+    loose = SelfCorrection(text_free, PROMPTS, normalize="clip", max_grad_norm=1e6)
+    torch.testing.assert_close(loose.gradient(pipe, z, t, loose._text_for(pipe, 2)), text_free.w.expand(2, -1, -1, -1))
+
+
+def test_adapter_gradient_ascends_the_itm_score(pipe, adapter):
+    pipe.scheduler.set_timesteps(4)
+    fix = SelfCorrection(adapter, PROMPTS, scale=1.0)
+    text = fix._text_for(pipe, 2)
+    t = pipe.scheduler.timesteps[1]
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    g = fix.gradient(pipe, z, t, text)
+    with torch.no_grad():
+        s0 = fix.score(pipe, z, t.expand(2), text)
+        s1 = fix.score(pipe, z + 1e-2 * g, t.expand(2), text)
+    assert (s1 > s0).all()
+    # first order: s(z + h g) - s(z) ~ h ||g||^2
+    torch.testing.assert_close(s1 - s0, 1e-2 * g.flatten(1).pow(2).sum(1), rtol=0.05, atol=1e-6)
+
+
+def test_non_finite_gradient_skips_the_step(pipe):
+    pipe.scheduler.set_timesteps(4)
+    fix = SelfCorrection(Linear((1, 4, 16, 16), infinite=True), PROMPTS, scale=1.0)
+    z = torch.randn(2, 4, 16, 16)
+    with pytest.warns(UserWarning, match="non-finite gradient at step 0; correction skipped"):
+        out = fix(pipe, 0, pipe.scheduler.timesteps[0], {"latents": z.clone()})
+    assert torch.equal(out["latents"], z)
+
+
+def test_gradient_in_float32_for_a_bfloat16_pipeline():
+    pipe = tiny_sd_pipeline(seed=0).to(torch.bfloat16)
+    torch.manual_seed(0)
+    adapter = DiscriminativeAdapter.for_pipeline(pipe, hidden_size=32, num_heads=4).to(torch.bfloat16)
+    pipe.scheduler.set_timesteps(4)
+    fix = SelfCorrection(adapter, PROMPTS, scale=1.0)
+    z = torch.randn(2, 4, 16, 16, dtype=torch.bfloat16)
+    g = fix.gradient(pipe, z, pipe.scheduler.timesteps[1], fix._text_for(pipe, 2))
+    assert g.dtype == torch.float32 and torch.isfinite(g).all() and g.abs().sum() > 0
+    out = fix(pipe, 0, pipe.scheduler.timesteps[0], {"latents": z})
+    assert out["latents"].dtype == torch.bfloat16
+
+
+def test_sdxl_with_guidance():
+    pipe = tiny_sdxl_pipeline(seed=0)
+    adapter = DiscriminativeAdapter.for_pipeline(pipe, layers="mid_block", hidden_size=32, num_heads=4)
+    plain = _generate(pipe, guidance_scale=5.0)
+    assert torch.equal(plain, _generate(pipe, SelfCorrection(adapter, PROMPTS, scale=0.0), guidance_scale=5.0))
+    corrected = _generate(pipe, SelfCorrection(adapter, PROMPTS, scale=2.0), guidance_scale=5.0)
+    assert not torch.allclose(plain, corrected)
+
+
+def test_bad_inputs(pipe, adapter):
+    for scale in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="`scale` is .*; pass a finite value >= 0"):
+            SelfCorrection(adapter, PROMPTS, scale=scale)
+    with pytest.raises(ValueError, match="start=0.8, stop=0.2; pass 0 <= start <= stop <= 1"):
+        SelfCorrection(adapter, PROMPTS, start=0.8, stop=0.2)
+    with pytest.raises(ValueError, match="`schedule` is 'exp'"):
+        SelfCorrection(adapter, PROMPTS, schedule="exp")
+    with pytest.raises(ValueError, match="`normalize` is 'l1'"):
+        SelfCorrection(adapter, PROMPTS, normalize="l1")
+    with pytest.raises(ValueError, match="`iterations` is 0"):
+        SelfCorrection(adapter, PROMPTS, iterations=0)
+    with pytest.raises(ValueError, match="`prompt` is empty"):
+        SelfCorrection(adapter, [])
+    with pytest.raises(ValueError, match="batch has 3 latents, not a multiple of the 2 prompts"):
+        _generate(pipe, SelfCorrection(adapter, PROMPTS), prompt=PROMPTS + ["x"])
+
+
+def test_pipeline_or_adapter_that_does_not_fit(pipe, adapter):
+    class NoLatentsPipeline:
+        _callback_tensor_inputs = ["prompt_embeds"]
+        unet = pipe.unet
+
+    pipe.scheduler.set_timesteps(4)
+    fix = SelfCorrection(adapter, PROMPTS)
+    with pytest.raises(ValueError, match="NoLatentsPipeline does not give `latents` to callback_on_step_end"):
+        fix(NoLatentsPipeline(), 0, 0, {"latents": torch.zeros(2, 4, 16, 16)})
+    other = DiscriminativeAdapter(
+        layers=["mid_block"], in_channels=[32], text_dim=32, token_dim=32, hidden_size=32, num_heads=4
+    )
+    with pytest.raises(ValueError, match=r"expects features with channels \[32\] .* gives \[64\]"):
+        _generate(pipe, SelfCorrection(other, PROMPTS))

@@ -69,17 +69,16 @@ class Recorder(PipelineCallback):
 @pytest.mark.parametrize("guidance_scale", [1.0, 5.0])  # classifier-free guidance off and on
 def test_scale_zero_is_bit_identical(pipe, adapter, name, guidance_scale):
     pipe.scheduler = SCHEDULERS[name](pipe.scheduler.config)
-    plain = _generate(pipe, guidance_scale=guidance_scale, num_images_per_prompt=2)
-    off = _generate(
-        pipe, SelfCorrection(adapter, PROMPTS, scale=0.0), guidance_scale=guidance_scale, num_images_per_prompt=2
-    )
-    empty_window = SelfCorrection(adapter, PROMPTS, scale=1.0, start=0.5, stop=0.5)
-    assert torch.equal(plain, off)
-    assert torch.equal(plain, _generate(pipe, empty_window, guidance_scale=guidance_scale, num_images_per_prompt=2))
-    corrected = _generate(
-        pipe, SelfCorrection(adapter, PROMPTS, scale=2.0), guidance_scale=guidance_scale, num_images_per_prompt=2
-    )
-    assert corrected.shape == plain.shape and not torch.allclose(corrected, plain)
+
+    def generate(callback=None):
+        return _generate(pipe, callback, guidance_scale=guidance_scale, num_images_per_prompt=2)
+
+    plain = generate()
+    for mode in ("plain", "reuse"):
+        assert torch.equal(plain, generate(SelfCorrection(adapter, PROMPTS, scale=0.0, mode=mode)))
+        assert torch.equal(plain, generate(SelfCorrection(adapter, PROMPTS, scale=1.0, start=0.5, stop=0.5, mode=mode)))
+        corrected = generate(SelfCorrection(adapter, PROMPTS, scale=2.0, mode=mode))
+        assert corrected.shape == plain.shape and not torch.allclose(corrected, plain)
 
 
 @pytest.mark.parametrize("name", ["ddim", "euler"])
@@ -100,6 +99,44 @@ def test_latents_move_as_the_formula_says(name):
         dx_dz = 1.0 if name == "ddim" else 1.0 / math.sqrt(float(pipe.scheduler.sigmas[k]) ** 2 + 1)
         eta = 0.3 * (1 - k / n)
         torch.testing.assert_close(z_new, z + 2 * eta * score.w * dx_dz, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 5.0])
+def test_reuse_mode_equals_plain_gradient_one_step_earlier(adapter, guidance_scale):
+    """Reuse mode applies, at step i, the gradient of the UNet pass of step i: the plain gradient at the latent
+    that entered step i, at its timestep (DDIM: the model input is the latent itself)."""
+    pipe = tiny_sd_pipeline(seed=0)
+    before, after = Recorder(), Recorder()
+    fix = SelfCorrection(adapter, PROMPTS, scale=0.7, mode="reuse")
+    _generate(pipe, MultiPipelineCallbacks([before, fix, after]), steps=5, guidance_scale=guidance_scale)
+    reference = SelfCorrection(adapter, PROMPTS, scale=0.7)
+    text = reference._text_for(pipe, 2)
+    timesteps = pipe.scheduler.timesteps
+    for i in range(len(timesteps) - 1):
+        start, t = (before.latents[0], timesteps[1]) if i == 0 else (after.latents[i - 1], timesteps[i])
+        expected = before.latents[i] + 0.7 * reference.gradient(pipe, start, t, text)
+        torch.testing.assert_close(after.latents[i], expected, rtol=1e-4, atol=1e-5)
+    assert fix.recorder is None and not pipe.unet._forward_hooks and not pipe.unet._forward_pre_hooks
+
+
+def test_recorder_keeps_the_graph_only_up_to_the_probed_block():
+    from discadapt.sampling.recorder import UNetPassRecorder
+
+    pipe = tiny_sd_pipeline(seed=0)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler.set_timesteps(4)
+    t = pipe.scheduler.timesteps[0]
+    pipe.scheduler.scale_model_input(torch.zeros(1), t)  # as the sampler does before its UNet call
+    recorder = UNetPassRecorder(pipe, ["mid_block"]).attach()
+    with torch.no_grad():
+        out = pipe.unet(torch.randn(2, 4, 16, 16), t, encoder_hidden_states=torch.randn(2, 77, 32)).sample
+        assert not torch.is_grad_enabled()  # restored after the pass
+    recorder.remove()
+    assert recorder.input.requires_grad and recorder.features["mid_block"].grad_fn is not None
+    assert out.grad_fn is None  # the blocks after mid_block built no graph
+    sigma = float(pipe.scheduler.sigmas[0])
+    torch.testing.assert_close(float(recorder.scale), 1 / math.sqrt(sigma**2 + 1))
+    assert not pipe.unet._forward_hooks and not pipe.unet.mid_block._forward_hooks
 
 
 def test_window_and_schedules(pipe, adapter):
@@ -187,6 +224,12 @@ def test_bad_inputs(pipe, adapter):
         SelfCorrection(adapter, PROMPTS, normalize="l1")
     with pytest.raises(ValueError, match="`iterations` is 0"):
         SelfCorrection(adapter, PROMPTS, iterations=0)
+    with pytest.raises(ValueError, match="`mode` is 'fast'"):
+        SelfCorrection(adapter, PROMPTS, mode="fast")
+    with pytest.raises(ValueError, match="mode='reuse' .* needs a DiscriminativeAdapter and iterations=1"):
+        SelfCorrection(adapter, PROMPTS, mode="reuse", iterations=2)
+    with pytest.raises(ValueError, match="got Linear, iterations=1"):
+        SelfCorrection(Linear((1, 4, 16, 16)), PROMPTS, mode="reuse")
     with pytest.raises(ValueError, match="`prompt` is empty"):
         SelfCorrection(adapter, [])
     with pytest.raises(ValueError, match="batch has 3 latents, not a multiple of the 2 prompts"):

@@ -8,10 +8,16 @@ where s is the adapter's ITM logit of the latent for the prompt y (UNet conditio
 the backward pass only crosses the blocks up to the probed one), eta_k = `scale` * `schedule`(f), inside the
 window `start` <= f < `stop`, optionally with g normalised or clipped per image, `iterations` times per step.
 
-The latent is fed to the UNet as the sampler feeds it, through `scheduler.scale_model_input` (Euler-type samplers
-keep sigma-scaled latents), in float32 whatever the pipeline's dtype; a non-finite gradient skips the step with a
-warning. The callback reads only `latents`, so it works with any diffusers pipeline that exposes them, with or
-without classifier-free guidance.
+Two modes:
+- `"plain"`: an extra early-exit forward and its backward per corrected step, at the new latent. The latent is fed
+  to the UNet as the sampler feeds it, through `scheduler.scale_model_input` (Euler-type samplers keep
+  sigma-scaled latents), in float32 whatever the pipeline's dtype.
+- `"reuse"` (low overhead): the sampler's own UNet pass of this step keeps its graph up to the probed block
+  (`UNetPassRecorder`), and one partial backward gives the gradient at the latent the step started from; it is
+  applied to the new latent (one step of lag) and computed in the pipeline's dtype. The first corrected step,
+  which precedes any recorded pass, uses the plain gradient.
+A non-finite gradient skips the step with a warning. The callback reads only `latents`, so it works with any
+diffusers pipeline that exposes them, with or without classifier-free guidance.
 
 Example:
     >>> fix = SelfCorrection(adapter, prompt=prompts, scale=0.5)
@@ -30,6 +36,7 @@ from diffusers.callbacks import PipelineCallback
 from ..adapter import DiscriminativeAdapter
 from ..probe import FeatureProbe
 from ..text import TextEmbeddings, encode_text, get_unet, unet_text_kwargs
+from .recorder import UNetPassRecorder
 
 __all__ = ["SelfCorrection", "SCHEDULES"]
 
@@ -58,7 +65,8 @@ class SelfCorrection(PipelineCallback):
         normalize (`str`, defaults to `"none"`): `"none"`, `"unit"` (each image's gradient scaled to L2 norm 1, so
             eta is a step length) or `"clip"` (norms above `max_grad_norm` scaled down to it).
         max_grad_norm (`float`, defaults to 1.0): the bound for `normalize="clip"`.
-        iterations (`int`, defaults to 1): correction steps per denoising step.
+        iterations (`int`, defaults to 1): correction steps per denoising step (plain mode).
+        mode (`str`, defaults to `"plain"`): `"plain"` or `"reuse"` (low overhead; needs an adapter, one iteration).
     """
 
     tensor_inputs = ["latents"]
@@ -74,6 +82,7 @@ class SelfCorrection(PipelineCallback):
         normalize: str = "none",
         max_grad_norm: float = 1.0,
         iterations: int = 1,
+        mode: str = "plain",
     ):
         super().__init__(cutoff_step_ratio=1.0)
         scale = float(scale)
@@ -89,6 +98,13 @@ class SelfCorrection(PipelineCallback):
             raise ValueError(f"`max_grad_norm` is {max_grad_norm}; pass a positive value.")
         if int(iterations) != iterations or iterations < 1:
             raise ValueError(f"`iterations` is {iterations}; pass an integer >= 1.")
+        if mode not in ("plain", "reuse"):
+            raise ValueError(f"`mode` is {mode!r}; pass 'plain' or 'reuse'.")
+        if mode == "reuse" and (iterations != 1 or not isinstance(adapter, DiscriminativeAdapter)):
+            raise ValueError(
+                f"mode='reuse' reads the sampler's one UNet pass per step: it needs a DiscriminativeAdapter and "
+                f"iterations=1 (got {type(adapter).__name__}, iterations={iterations}); use mode='plain'."
+            )
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("`prompt` is empty; pass the prompts given to the pipeline.")
@@ -97,6 +113,8 @@ class SelfCorrection(PipelineCallback):
         self.scale, self.start, self.stop = scale, start, stop
         self.schedule = SCHEDULES[schedule] if isinstance(schedule, str) else schedule
         self.normalize, self.max_grad_norm, self.iterations = normalize, max_grad_norm, int(iterations)
+        self.mode = mode
+        self.recorder: UNetPassRecorder | None = None
         self._text: tuple[int, int, TextEmbeddings] | None = None  # (id of pipe, batch, text)
 
     # setup ---------------------------------------------------------------------------------------------------
@@ -138,19 +156,34 @@ class SelfCorrection(PipelineCallback):
         return self.adapter.itm_logits(out, text.pooled)
 
     def gradient(self, pipe, latents: torch.Tensor, t: torch.Tensor, text: TextEmbeddings) -> torch.Tensor:
-        """g = grad_z s(z, y) in float32, per image normalised or clipped as configured: (B, C, h, w)."""
+        """g = grad_z s(z, y) in float32 with an extra forward and backward, normalised or clipped as configured:
+        (B, C, h, w)."""
         unet = get_unet(pipe)
         with torch.enable_grad():
             z = latents.detach().float().requires_grad_(True)
             model_input = pipe.scheduler.scale_model_input(z, t).to(unet.dtype)
             scores = self.score(pipe, model_input, t.expand(z.shape[0]), text)
             (grad,) = torch.autograd.grad(scores.sum(), z)
-        if self.normalize != "none":
-            norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
-            bound = 1.0 if self.normalize == "unit" else self.max_grad_norm
-            factor = bound / norms if self.normalize == "unit" else (bound / norms).clamp(max=1.0)
-            grad = grad * factor
-        return grad
+        return self._normalized(grad)
+
+    def recorded_gradient(self, batch: int, text: TextEmbeddings) -> torch.Tensor:
+        """g from the sampler's recorded UNet pass (reuse mode): one partial backward, (B, C, h, w) in float32."""
+        rec = self.recorder
+        cond = slice(rec.input.shape[0] - batch, None)  # with classifier-free guidance the batch is [uncond, cond]
+        t = torch.as_tensor(rec.timestep, device=rec.input.device).reshape(-1).expand(batch)
+        with torch.enable_grad():  # the pipeline's loop runs under no_grad: even the slicing must be recorded
+            feats = {name: f[cond] for name, f in rec.features.items()}
+            out = self.adapter(feats, t, text_tokens=text.encoder_hidden_states)
+            (grad,) = torch.autograd.grad(self.adapter.itm_logits(out, text.pooled).sum(), rec.input)
+        return self._normalized(grad[cond].float() * rec.scale)
+
+    def _normalized(self, grad: torch.Tensor) -> torch.Tensor:
+        if self.normalize == "none":
+            return grad
+        norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
+        if self.normalize == "unit":
+            return grad / norms
+        return grad * (self.max_grad_norm / norms).clamp(max=1.0)
 
     def step_size(self, pipe, step_index: int) -> float:
         """eta for the latent that the callback of step `step_index` receives (0 outside the window)."""
@@ -165,15 +198,36 @@ class SelfCorrection(PipelineCallback):
         latents = callback_kwargs["latents"]
         text = self._text_for(pipe, latents.shape[0])  # checks the pipeline on the first call
         eta = self.step_size(pipe, step_index)
-        if eta == 0:
-            return callback_kwargs
-        t = pipe.scheduler.timesteps[step_index + 1].to(latents.device)
+        if eta > 0:
+            callback_kwargs["latents"] = self._correct(pipe, step_index, latents, text, eta)
+        if self.mode == "reuse":
+            self._track(pipe, step_index)  # after the correction, whose plain forward must not be recorded
+        return callback_kwargs
+
+    def _correct(self, pipe, step_index: int, latents: torch.Tensor, text: TextEmbeddings, eta: float) -> torch.Tensor:
+        reused = self.recorder is not None and self.recorder.input is not None
         z = latents.float()
         for _ in range(self.iterations):
-            grad = self.gradient(pipe, z, t, text)
+            if reused:
+                grad = self.recorded_gradient(latents.shape[0], text)
+            else:
+                t = pipe.scheduler.timesteps[step_index + 1].to(latents.device)
+                grad = self.gradient(pipe, z, t, text)
             if not torch.isfinite(grad).all():
                 warnings.warn(f"SelfCorrection: non-finite gradient at step {step_index}; correction skipped.")
-                return callback_kwargs
+                return latents
             z = z + eta * grad
-        callback_kwargs["latents"] = z.to(latents.dtype)
-        return callback_kwargs
+        return z.to(latents.dtype)
+
+    def _track(self, pipe, step_index: int) -> None:
+        """Reuse mode: record the UNet passes from the next step on; stop after the last step."""
+        if step_index + 1 >= len(pipe.scheduler.timesteps):
+            self.remove()
+        elif self.recorder is None:
+            self.recorder = UNetPassRecorder(pipe, self.adapter.config.layers).attach()
+
+    def remove(self) -> None:
+        """Detach reuse mode's hooks from the UNet (done by itself after the last step of a run)."""
+        if self.recorder is not None:
+            self.recorder.remove()
+            self.recorder = None

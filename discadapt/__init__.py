@@ -2,7 +2,7 @@
 
 from .adapter import AdapterOutput, DiscriminativeAdapter
 from .probe import FeatureInfo, FeatureProbe, block_names
-from .sampling import SelfCorrection
+from .sampling import SelfCorrectingPipeline, SelfCorrection
 from .scoring import denoising_score, encode_images, itm_score
 from .text import TextEmbeddings, encode_text
 from .tokenizer import clip_tokenizer
@@ -14,6 +14,7 @@ __all__ = [
     "DiscriminativeAdapter",
     "FeatureInfo",
     "FeatureProbe",
+    "SelfCorrectingPipeline",
     "SelfCorrection",
     "TextEmbeddings",
     "block_names",

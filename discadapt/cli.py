@@ -40,18 +40,79 @@ def inspect(args) -> int:
     return 0
 
 
+def generate(args) -> int:
+    from .adapter import DiscriminativeAdapter
+    from .data import load_prompts
+    from .sampling import SelfCorrectingPipeline, generate_to_folder
+
+    if (args.adapter is None) != (args.correction_scale is None):
+        raise ValueError("Self-correction needs both --adapter DIR and --correction-scale X (0 disables it).")
+    prompts = load_prompts(args.prompts)
+    pipe = _load_pipeline(args).to(args.device)
+    pipe.set_progress_bar_config(disable=True)
+    if args.lora:
+        pipe.load_lora_weights(args.lora)
+    if args.adapter:
+        adapter = DiscriminativeAdapter.from_pretrained(args.adapter).to(args.device)
+        pipe = SelfCorrectingPipeline.from_pipe(
+            pipe,
+            adapter,
+            scale=args.correction_scale,
+            mode=args.correction_mode,
+            start=args.correction_start,
+            stop=args.correction_stop,
+            normalize=args.correction_normalize,
+        )
+    records = generate_to_folder(
+        pipe,
+        prompts,
+        args.out,
+        images_per_prompt=args.images_per_prompt,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+    )
+    print(f"{len(records)} images for {len(prompts)} prompts in {args.out}")
+    return 0
+
+
+def _add_pipeline_source(parser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pipeline", help="local diffusers pipeline folder (loaded offline)")
+    source.add_argument("--tiny", action="store_true", help="the tiny random test pipeline")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="discadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="list a pipeline's UNet blocks with the shapes of their features")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pipeline", help="local diffusers pipeline folder (loaded offline)")
-    source.add_argument("--tiny", action="store_true", help="the tiny random test pipeline")
+    _add_pipeline_source(p)
     p.add_argument("--size", type=int, default=None, help="latent height and width (default: the UNet's sample_size)")
     p.add_argument("--layers", nargs="+", help="module paths to describe (default: every top-level block)")
     p.set_defaults(func=inspect)
+
+    g = sub.add_parser("generate", help="generate images for a prompt file (one prompt a line), resumably")
+    _add_pipeline_source(g)
+    g.add_argument("--prompts", required=True, help="prompt file, one prompt a line")
+    g.add_argument("--out", required=True, help="output folder: images/ and generations.jsonl")
+    g.add_argument("--lora", help="LoRA folder written by save_lora_weights (e.g. by `discadapt tune`)")
+    g.add_argument("--adapter", help="discriminative adapter folder, for self-correction")
+    g.add_argument("--correction-scale", type=float, help="self-correction step size eta (0: off)")
+    g.add_argument("--correction-mode", choices=["plain", "reuse"], default="plain")
+    g.add_argument("--correction-start", type=float, default=0.0, help="window start, fraction of the schedule")
+    g.add_argument("--correction-stop", type=float, default=1.0, help="window stop, fraction of the schedule")
+    g.add_argument("--correction-normalize", choices=["none", "unit", "clip"], default="none")
+    g.add_argument("--steps", type=int, default=30, help="denoising steps")
+    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    g.add_argument("--images-per-prompt", type=int, default=1)
+    g.add_argument("--batch-size", type=int, default=4, help="prompts per pipeline call")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="cpu")
+    g.set_defaults(func=generate)
+
     args = parser.parse_args(argv)
     try:
         return args.func(args)

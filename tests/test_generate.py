@@ -1,0 +1,134 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from discadapt import DiscriminativeAdapter, SelfCorrectingPipeline
+from discadapt.cli import main
+from discadapt.sampling import generate_to_folder
+from discadapt.testing import tiny_sd_pipeline
+
+PROMPTS = ["a red circle", "a blue square", "two green triangles"]
+STEPS = dict(num_inference_steps=3, guidance_scale=5.0)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_sd_pipeline(seed=0)
+
+
+@pytest.fixture(scope="module")
+def adapter(pipe):
+    torch.manual_seed(0)
+    return DiscriminativeAdapter.for_pipeline(pipe, layers="mid_block", hidden_size=32, num_heads=4)
+
+
+def _images(folder):
+    return {p.name: np.asarray(Image.open(p)) for p in sorted((folder / "images").glob("*.png"))}
+
+
+def test_self_correcting_pipeline(pipe, adapter):
+    def run(p, **kwargs):
+        return p(PROMPTS[:2], generator=torch.Generator().manual_seed(0), output_type="pt", **STEPS, **kwargs).images
+
+    sc = SelfCorrectingPipeline.from_pipe(pipe, adapter, scale=2.0, mode="reuse")
+    plain, corrected = run(pipe), run(sc)
+    assert torch.equal(run(sc, correction_scale=0.0), plain) and not torch.allclose(corrected, plain)
+    assert not pipe.unet._forward_hooks and not pipe.unet._forward_pre_hooks  # reuse mode cleaned up
+    seen = []
+    theirs = lambda p, i, t, kw: seen.append(kw["latents"].clone()) or kw  # noqa: E731
+    assert torch.equal(run(sc, callback_on_step_end=theirs, callback_on_step_end_tensor_inputs=["latents"]), corrected)
+    assert len(seen) == 3
+    assert sc.device == pipe.device  # other attributes are the pipeline's
+    with pytest.raises(ValueError, match="`scale` is -1.0"):
+        SelfCorrectingPipeline.from_pipe(pipe, adapter, scale=-1.0)
+
+
+def test_generate_to_folder_is_batch_independent_and_resumable(pipe, tmp_path):
+    calls = []
+
+    def counting(**kwargs):
+        calls.append(kwargs["prompt"])
+        return pipe(**kwargs)
+
+    one = generate_to_folder(
+        counting, PROMPTS, tmp_path / "a", images_per_prompt=2, batch_size=1, progress=False, **STEPS
+    )
+    generate_to_folder(pipe, PROMPTS, tmp_path / "b", images_per_prompt=2, batch_size=3, progress=False, **STEPS)
+    a, b = _images(tmp_path / "a"), _images(tmp_path / "b")
+    assert sorted(a) == [f"{i:05d}-{k}.png" for i in range(3) for k in range(2)]
+    assert all(np.array_equal(a[name], b[name]) for name in a)
+    lines = [json.loads(line) for line in (tmp_path / "a" / "generations.jsonl").read_text().splitlines()]
+    assert lines == one and lines[3] == {
+        "file": "images/00001-1.png",
+        "prompt": "a blue square",
+        "prompt_index": 1,
+        "image": 1,
+        "seed": 3,
+    }
+    # interrupted run: one image missing; only its prompt is generated again, identically
+    (tmp_path / "a" / "images" / "00001-1.png").unlink()
+    calls.clear()
+    generate_to_folder(counting, PROMPTS, tmp_path / "a", images_per_prompt=2, batch_size=1, progress=False, **STEPS)
+    assert calls == [["a blue square"]]
+    assert np.array_equal(_images(tmp_path / "a")["00001-1.png"], a["00001-1.png"])
+    with pytest.raises(ValueError, match="`prompts` is empty"):
+        generate_to_folder(pipe, [], tmp_path / "c")
+
+
+def _lora(pipe, folder):
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = tiny_sd_pipeline(seed=0).unet
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    torch.manual_seed(1)
+    for name, param in unet.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    StableDiffusionPipeline.save_lora_weights(
+        folder,
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+    )
+
+
+def test_cli_generate(pipe, adapter, tmp_path, capsys):
+    pipe.save_pretrained(tmp_path / "pipe")
+    adapter.save_pretrained(tmp_path / "adapter")
+    _lora(pipe, tmp_path / "lora")
+    (tmp_path / "prompts.txt").write_text("a red circle  \n\na blue square\n", encoding="utf-8")
+    common = [
+        "generate",
+        "--pipeline",
+        str(tmp_path / "pipe"),
+        "--prompts",
+        str(tmp_path / "prompts.txt"),
+        "--steps",
+        "3",
+    ]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert "2 images for 2 prompts" in capsys.readouterr().out
+    off = ["--adapter", str(tmp_path / "adapter"), "--correction-scale", "0"]
+    assert main([*common, *off, "--out", str(tmp_path / "off")]) == 0
+    on = ["--adapter", str(tmp_path / "adapter"), "--correction-scale", "2", "--correction-mode", "reuse"]
+    assert main([*common, *on, "--out", str(tmp_path / "on")]) == 0
+    assert main([*common, "--lora", str(tmp_path / "lora"), "--out", str(tmp_path / "lora_out")]) == 0
+    plain, off_images = _images(tmp_path / "plain"), _images(tmp_path / "off")
+    assert list(plain) == ["00000-0.png", "00001-0.png"]
+    assert all(np.array_equal(plain[k], off_images[k]) for k in plain)
+    assert not all(np.array_equal(plain[k], v) for k, v in _images(tmp_path / "on").items())
+    assert not all(np.array_equal(plain[k], v) for k, v in _images(tmp_path / "lora_out").items())
+
+
+def test_cli_generate_errors(tmp_path, capsys):
+    (tmp_path / "prompts.txt").write_text("a red circle\n", encoding="utf-8")
+    base = ["generate", "--tiny", "--out", str(tmp_path / "out")]
+    assert main([*base, "--prompts", str(tmp_path / "prompts.txt"), "--correction-scale", "1"]) == 2
+    assert "needs both --adapter DIR and --correction-scale X" in capsys.readouterr().err
+    assert main([*base, "--prompts", str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt" in capsys.readouterr().err

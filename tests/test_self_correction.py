@@ -119,6 +119,20 @@ def test_reuse_mode_equals_plain_gradient_one_step_earlier(adapter, guidance_sca
     assert fix.recorder is None and not pipe.unet._forward_hooks and not pipe.unet._forward_pre_hooks
 
 
+def test_reuse_mode_records_only_corrected_steps(pipe, adapter):
+    """Callback i corrects the latent for timesteps[i + 1] (k = i + 1, fraction k / N); in reuse mode it uses the
+    UNet pass of step i, which is recorded only if callback i will correct."""
+    pipe.scheduler.set_timesteps(6)
+    fix = SelfCorrection(adapter, PROMPTS, scale=1.0, start=0.0, stop=0.5, mode="reuse")
+    assert [fix.step_size(pipe, i) > 0 for i in range(6)] == [True, True, False, False, False, False]
+    recording = []
+    for i in range(6):
+        fix._track(pipe, i)  # after callback i: record the pass of step i + 1?
+        recording.append(fix.recorder is not None)
+    assert recording == [True, False, False, False, False, False]
+    assert not pipe.unet._forward_hooks and not pipe.unet._forward_pre_hooks
+
+
 def test_recorder_keeps_the_graph_only_up_to_the_probed_block():
     from discadapt.sampling.recorder import UNetPassRecorder
 

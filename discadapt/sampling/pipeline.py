@@ -59,6 +59,7 @@ class SelfCorrectingPipeline:
 
             def callback(pipe, step_index, timestep, callback_kwargs):  # a plain function or a PipelineCallback
                 return theirs(pipe, step_index, timestep, fix(pipe, step_index, timestep, callback_kwargs))
+
         kwargs["callback_on_step_end_tensor_inputs"] = inputs
         try:
             return self.pipe(prompt=prompts, callback_on_step_end=callback, **kwargs)

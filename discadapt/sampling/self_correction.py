@@ -14,8 +14,9 @@ Two modes:
   sigma-scaled latents), in float32 whatever the pipeline's dtype.
 - `"reuse"` (low overhead): the sampler's own UNet pass of this step keeps its graph up to the probed block
   (`UNetPassRecorder`), and one partial backward gives the gradient at the latent the step started from; it is
-  applied to the new latent (one step of lag) and computed in the pipeline's dtype. The first corrected step,
-  which precedes any recorded pass, uses the plain gradient.
+  applied to the new latent (one step of lag) and computed in the pipeline's dtype. Only passes whose step is
+  corrected are recorded; the first corrected step, which precedes any recorded pass, uses the plain gradient.
+  With classifier-free guidance the recorded pass covers the unconditional half of the batch too.
 A non-finite gradient skips the step with a warning. The callback reads only `latents`, so it works with any
 diffusers pipeline that exposes them, with or without classifier-free guidance.
 
@@ -220,11 +221,13 @@ class SelfCorrection(PipelineCallback):
         return z.to(latents.dtype)
 
     def _track(self, pipe, step_index: int) -> None:
-        """Reuse mode: record the UNet passes from the next step on; stop after the last step."""
-        if step_index + 1 >= len(pipe.scheduler.timesteps):
+        """Reuse mode: record the next step's UNet pass only if the next callback corrects (outside the window
+        the passes keep no graph); after the last step nothing stays attached."""
+        if self.step_size(pipe, step_index + 1) > 0:
+            if self.recorder is None:
+                self.recorder = UNetPassRecorder(pipe, self.adapter.config.layers).attach()
+        else:
             self.remove()
-        elif self.recorder is None:
-            self.recorder = UNetPassRecorder(pipe, self.adapter.config.layers).attach()
 
     def remove(self) -> None:
         """Detach reuse mode's hooks from the UNet (done by itself after the last step of a run)."""

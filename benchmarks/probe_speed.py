@@ -30,7 +30,6 @@ Run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -41,6 +40,9 @@ import torch
 from diffusers import DDPMScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's discadapt, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import finish, log, sync  # noqa: E402
+
 from discadapt import DiscriminativeAdapter, FeatureProbe, denoising_score, encode_text, itm_score  # noqa: E402
 from discadapt.testing import sd_pipeline, tiny_sd_pipeline, unet_config  # noqa: E402
 
@@ -52,10 +54,6 @@ HEAVY_ON_CPU = {"sd15"}  # seconds per UNet forward on a CPU: time fewer pairs
 TIMESTEP = 500
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 load_seen: list[float] = []  # 1-minute load average after each timed call: other jobs on the CPU skew timings
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def full_unet(pipe, latents, prompts, t: int, batch_size: int) -> None:
@@ -71,11 +69,6 @@ def full_unet(pipe, latents, prompts, t: int, batch_size: int) -> None:
             steps = torch.full((x0.shape[0],), t, device=x0.device, dtype=torch.long)
             xt = scheduler.add_noise(x0, noise.expand_as(x0), steps)
             unet(xt, steps, text.encoder_hidden_states[start : start + batch_size]).sample
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_rows(rows: list[dict], device: torch.device) -> list[float]:
@@ -199,16 +192,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for row in results:
         print(f"| {row['model']} | {row['method']} | {row['pairs_per_s']:.3g} | {row['ratio_vs_full']:.2f}x |")
-    print(f"\ntotal wall time: {total:.0f} s")
-    if device.type == "cpu" and max(load_seen) > torch.get_num_threads() + 0.5:
-        print(
-            f"warning: load average reached {max(load_seen):.1f} with {torch.get_num_threads()} torch threads: "
-            "other processes shared the CPU, so these timings are unreliable; rerun on an idle machine."
-        )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.json}")
+    finish(results, total, load_seen, device, args.json)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import os
 import statistics
 import sys
@@ -54,6 +53,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's discadapt, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import finish, log, sync  # noqa: E402
+
 from discadapt import DiscriminativeAdapter  # noqa: E402
 from discadapt.sampling import SelfCorrection  # noqa: E402
 from discadapt.testing import sd_pipeline, tiny_sd_pipeline, unet_config  # noqa: E402
@@ -70,15 +72,6 @@ SCALE = 0.1  # with normalize="unit": a step of length 0.1 in latent space per c
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 GIB = 2**30
 load_seen: list[float] = []  # 1-minute load average after each timed call: other jobs on the CPU skew timings
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # peak memory ---------------------------------------------------------------------------------------------------
@@ -284,16 +277,7 @@ def main() -> None:
                 f"| {name} | {row['method']} | {row['window']} | {row['seconds_per_image']:.3g} | "
                 f"{row['ratio_vs_vanilla']:.2f}x | {memory_cell(row, rows[0])} |"
             )
-    print(f"\ntotal wall time: {total:.0f} s")
-    if device.type == "cpu" and max(load_seen) > torch.get_num_threads() + 0.5:
-        print(
-            f"warning: load average reached {max(load_seen):.1f} with {torch.get_num_threads()} torch threads: "
-            "other processes shared the CPU, so these timings are unreliable; rerun on an idle machine."
-        )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.json}")
+    finish(results, total, load_seen, device, args.json)
 
 
 if __name__ == "__main__":

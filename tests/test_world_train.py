@@ -1,0 +1,174 @@
+"""Fast tests of the shapes world's trainer (`discadapt.worlds.shapes.train`) on tiny models and a few steps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+from discadapt.tokenizer import clip_tokenizer
+from discadapt.worlds.shapes.models import (
+    CLIP_EOS,
+    ModelSizes,
+    count_parameters,
+    make_text_encoder,
+    make_unet,
+    make_vae,
+)
+from discadapt.worlds.shapes.train import (
+    WorldTrainConfig,
+    evaluate_world,
+    load_checkpoint,
+    reconstruction_accuracy,
+    train_world,
+)
+
+TINY = dict(
+    vae_steps=3,
+    unet_steps=3,
+    batch_size=2,
+    vae_batch_size=2,
+    sizes=ModelSizes.tiny(),
+    progress=False,
+    scale_examples=16,
+)
+
+
+def _assert_same(a, b, path="state"):
+    """Recursive equality of nested dicts / lists of tensors and numbers."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            _assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """A run of 3 VAE + 3 UNet steps without interruption."""
+    out = tmp_path_factory.mktemp("straight")
+    return out, train_world(out, **TINY)
+
+
+def test_models_are_seeded_and_sized():
+    sizes = ModelSizes.tiny()
+    a, b = make_unet(sizes, seed=3), make_unet(sizes, seed=3)
+    _assert_same(a.state_dict(), b.state_dict())
+    assert not torch.equal(next(iter(make_unet(sizes, seed=4).parameters())), next(iter(a.parameters())))
+    assert make_vae(sizes).config.block_out_channels == (16, 16, 16)  # downsampling 4: 32 -> 8
+    assert make_unet(ModelSizes()).config.sample_size == 8
+    text = make_text_encoder(sizes)
+    assert (text.config.vocab_size, text.config.max_position_embeddings, text.config.eos_token_id) == (
+        49408,
+        77,
+        CLIP_EOS,
+    )
+    assert count_parameters(make_unet(ModelSizes())) == 4_222_948
+    with pytest.raises(ValueError, match="not multiples of `norm_groups`"):
+        ModelSizes(unet_channels=(24, 32))
+
+
+def test_smoke_writes_a_loadable_pipeline(straight):
+    out, result = straight
+    assert result["done"] and result["step"] == 6 and result["pipeline"] == str(out / "pipeline")
+    assert np.isfinite(result["vae_loss"]) and np.isfinite(result["unet_loss"])
+    assert list((out / "pipeline" / "unet").glob("*.safetensors"))
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in logged] == ["vae"] * 3 + ["unet"] * 3
+
+    pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline", local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.tokenizer("a red circle").input_ids == clip_tokenizer()("a red circle").input_ids
+    state = load_checkpoint(out)
+    assert pipe.vae.config.scaling_factor == pytest.approx(state["scaling_factor"]) and state["scaling_factor"] > 0
+    # the saved UNet holds the EMA weights, not the raw ones
+    ema = state["ema"]["shadow_params"]
+    for p, shadow in zip(pipe.unet.parameters(), ema):
+        assert torch.equal(p.data, shadow)
+    assert any(not torch.equal(p, q) for p, q in zip(state["unet"].values(), ema))
+
+    image = pipe("a red circle", num_inference_steps=2, output_type="np", generator=torch.manual_seed(0)).images
+    assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+
+    scores = evaluate_world(pipe, n_prompts=2, seed=0, steps=2, guidance=4.0, categories=["single", "spatial"])
+    assert set(scores) == {"single", "spatial"} and all(0 <= v <= 1 for v in scores.values())
+    recon = reconstruction_accuracy(pipe.vae, n=4)
+    assert set(recon) == {"kinds", "exact", "caption"} and all(0 <= v <= 1 for v in recon.values())
+
+    again = train_world(out, **TINY)  # finished: nothing more to do, same pipeline
+    assert again["step"] == 6 and again["vae_loss"] is None and again["unet_loss"] is None
+
+
+@pytest.mark.parametrize("stop", [3, 4])  # at the VAE -> UNet switch, and inside the UNet phase
+def test_resume_reaches_the_same_weights(straight, tmp_path, stop):
+    args = {**TINY, "checkpoint_every": 2}  # does not change the weights
+    first = train_world(tmp_path, stop_after=stop, **args)
+    assert first["step"] == stop and not first["done"] and first["pipeline"] is None
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1] == f"step-{stop:07d}"
+    second = train_world(tmp_path, **args)
+    assert second["done"] and second["step"] == 6
+    # the newest KEEP_CHECKPOINTS (2) are kept, no temporary folder is left behind
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000004", "step-0000006"]
+    resumed, uninterrupted = load_checkpoint(tmp_path), load_checkpoint(straight[0])
+    resumed.pop("torch_rng"), uninterrupted.pop("torch_rng")  # the caller's global RNG, not used by training
+    _assert_same(resumed, uninterrupted)
+    assert second["unet_loss"] == straight[1]["unet_loss"]
+
+
+def test_config_mismatch_on_resume_names_the_fields(tmp_path):
+    train_world(tmp_path, stop_after=1, **TINY)
+    saved = (tmp_path / "train_config.json").read_text()
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    with pytest.raises(ValueError, match=r"another configuration \(seed: saved 0, now 1\)"):
+        train_world(tmp_path, **{**TINY, "seed": 1})
+    sizes = ModelSizes(vae_channels=(16, 16, 16), text_hidden=32, text_layers=1, text_heads=2, unet_channels=(16, 32))
+    with pytest.raises(ValueError, match="sizes.text_hidden: saved 64, now 32"):
+        train_world(tmp_path, **{**TINY, "sizes": sizes})
+    with pytest.raises(ValueError, match="lr: saved 0.0008, now 0.001.*unet_steps: saved 3, now 4"):
+        train_world(tmp_path, **{**TINY, "unet_steps": 4, "lr": 1e-3})
+    assert (tmp_path / "train_config.json").read_text() == saved
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == checkpoints
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(vae_steps=0), "`vae_steps` is 0"),
+        (dict(unet_steps=0), "`unet_steps` is 0"),
+        (dict(batch_size=0), "`batch_size` is 0"),
+        (dict(vae_steps=2.5), "`vae_steps` is 2.5"),
+        (dict(seed=-1), "`seed` is -1"),
+        (dict(lr=0.0), "`lr` is 0.0"),
+        (dict(caption_dropout=1.0), r"`caption_dropout` is 1.0; pass a float in \[0, 1\)"),
+        (dict(ema_decay=-0.1), "`ema_decay` is -0.1"),
+        (dict(stop_after=0), "`stop_after` is 0"),
+        (dict(category_weights={"colours": 1.0}), r"`category_weights` names \['colours'\]"),
+        (dict(category_weights={"single": 0.0}), "not all 0"),
+        (dict(learning_rate=1e-3), r"unknown options \['learning_rate'\]"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(tmp_path, change, match):
+    with pytest.raises(ValueError, match=match):
+        train_world(tmp_path / "run", **{**TINY, **change})
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_defaults_are_valid_and_evaluate_checks_arguments():
+    config = WorldTrainConfig()
+    assert config.total_steps == config.vae_steps + config.unet_steps
+    assert config.to_dict()["sizes.unet_channels"] == [32, 64, 128]
+    with pytest.raises(ValueError, match="`n_prompts` is 0"):
+        evaluate_world(None, n_prompts=0)
+    with pytest.raises(ValueError, match="`n` is 0"):
+        reconstruction_accuracy(None, n=0)

@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from .adapter import DiscriminativeAdapter
 from .probe import FeatureProbe
-from .text import encode_text, get_unet, unet_text_kwargs
+from .text import TextEmbeddings, encode_text, get_unet, unet_text_kwargs
 
-__all__ = ["itm_score", "denoising_score", "encode_images", "default_timesteps"]
+__all__ = ["itm_score", "denoising_score", "adapter_itm_logits", "encode_images", "default_timesteps"]
 
 
 def encode_images(pipe, images) -> torch.Tensor:
@@ -133,6 +133,14 @@ def _noised(pipe, latents, ts, noise, batch_size, progress, desc):
             yield part, x0, step_b, eps, _add_noise(abar, x0, eps, step_b)
 
 
+def adapter_itm_logits(pipe, adapter: DiscriminativeAdapter, probe: FeatureProbe, model_input, t, text: TextEmbeddings):
+    """The adapter's ITM logits `(B,)` for UNet inputs `model_input` (B, C, h, w) at timesteps `t` (B,), the UNet
+    conditioned on `text` (B prompts) and run through `probe` (which reads `adapter.config.layers`)."""
+    feats = probe(model_input, t, text.encoder_hidden_states, **unet_text_kwargs(pipe, text, model_input))
+    out = adapter(feats, t, text_tokens=text.encoder_hidden_states)
+    return adapter.itm_logits(out, text.pooled)
+
+
 def itm_score(
     pipe,
     adapter: DiscriminativeAdapter,
@@ -174,10 +182,8 @@ def itm_score(
     totals: dict[int, torch.Tensor] = {}  # first pair of a batch -> sum over timesteps of its scores
     with torch.set_grad_enabled(grad), probe:
         for part, _, step, _, xt in _noised(pipe, latents, ts, noise, batch_size, progress, "ITM scores"):
-            sub = text.index(part)
-            feats = probe(xt, step, sub.encoder_hidden_states, **unet_text_kwargs(pipe, sub, xt))
-            out = adapter(feats, step, text_tokens=sub.encoder_hidden_states)
-            totals[part.start] = totals.get(part.start, 0) + adapter.itm_logits(out, sub.pooled)
+            logits = adapter_itm_logits(pipe, adapter, probe, xt, step, text.index(part))
+            totals[part.start] = totals.get(part.start, 0) + logits
     return torch.cat(list(totals.values())) / len(ts)
 
 

@@ -36,7 +36,8 @@ from diffusers.callbacks import PipelineCallback
 
 from ..adapter import DiscriminativeAdapter
 from ..probe import FeatureProbe
-from ..text import TextEmbeddings, encode_text, get_unet, unet_text_kwargs
+from ..scoring import adapter_itm_logits
+from ..text import TextEmbeddings, encode_text, get_unet
 from .recorder import UNetPassRecorder
 
 __all__ = ["SelfCorrection", "SCHEDULES"]
@@ -150,11 +151,8 @@ class SelfCorrection(PipelineCallback):
         """s(z, y) for each latent: (B,)."""
         if not isinstance(self.adapter, DiscriminativeAdapter):
             return self.adapter(model_input, t, text)
-        unet = get_unet(pipe)
-        probe = FeatureProbe(unet, self.adapter.config.layers, detach=False, early_exit=True)
-        feats = probe(model_input, t, text.encoder_hidden_states, **unet_text_kwargs(pipe, text, model_input))
-        out = self.adapter(feats, t, text_tokens=text.encoder_hidden_states)
-        return self.adapter.itm_logits(out, text.pooled)
+        probe = FeatureProbe(get_unet(pipe), self.adapter.config.layers, detach=False, early_exit=True)
+        return adapter_itm_logits(pipe, self.adapter, probe, model_input, t, text)
 
     def gradient(self, pipe, latents: torch.Tensor, t: torch.Tensor, text: TextEmbeddings) -> torch.Tensor:
         """g = grad_z s(z, y) in float32 with an extra forward and backward, normalised or clipped as configured:

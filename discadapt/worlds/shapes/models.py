@@ -188,9 +188,9 @@ def make_unet(sizes: ModelSizes, seed: int = 0) -> UNet2DConditionModel:
     return _seeded(seed, lambda: UNet2DConditionModel(**unet_config(sizes)))
 
 
-def noise_scheduler() -> DDPMScheduler:
-    """Training schedule: DDPM, linear betas, epsilon prediction."""
-    return DDPMScheduler(
+def _schedule() -> dict:
+    """The noise schedule shared by training and sampling: linear betas, epsilon prediction."""
+    return dict(
         num_train_timesteps=TRAIN_TIMESTEPS,
         beta_start=BETA_START,
         beta_end=BETA_END,
@@ -198,20 +198,16 @@ def noise_scheduler() -> DDPMScheduler:
         prediction_type="epsilon",
         clip_sample=False,
     )
+
+
+def noise_scheduler() -> DDPMScheduler:
+    """Training schedule: DDPM, linear betas, epsilon prediction."""
+    return DDPMScheduler(**_schedule())
 
 
 def sampling_scheduler() -> DDIMScheduler:
     """Sampling schedule saved with the pipeline: DDIM over the training betas."""
-    return DDIMScheduler(
-        num_train_timesteps=TRAIN_TIMESTEPS,
-        beta_start=BETA_START,
-        beta_end=BETA_END,
-        beta_schedule=BETA_SCHEDULE,
-        prediction_type="epsilon",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    return DDIMScheduler(**_schedule(), set_alpha_to_one=False, steps_offset=1)
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -21,6 +21,7 @@ from discadapt.worlds.shapes.models import (
 from discadapt.worlds.shapes.train import (
     WorldTrainConfig,
     evaluate_world,
+    export_pipeline,
     load_checkpoint,
     reconstruction_accuracy,
     train_world,
@@ -126,6 +127,32 @@ def test_resume_reaches_the_same_weights(straight, tmp_path, stop):
     assert second["unet_loss"] == straight[1]["unet_loss"]
 
 
+def test_a_finished_run_extends_to_the_weights_of_a_longer_run(tmp_path):
+    """`unet_steps` may grow on resume (constant learning rate after warmup): 3 + 1 steps equal 4 straight."""
+    short = train_world(tmp_path / "a", **TINY)
+    assert json.loads((tmp_path / "a" / "pipeline" / "train_step.json").read_text())["unet_steps"] == 3
+    longer = train_world(tmp_path / "a", **{**TINY, "unet_steps": 4})
+    straight = train_world(tmp_path / "b", **{**TINY, "unet_steps": 4})
+    assert short["step"] == 6 and longer["step"] == straight["step"] == 7
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    a.pop("torch_rng"), b.pop("torch_rng")
+    _assert_same(a, b)
+    assert json.loads((tmp_path / "a" / "pipeline" / "train_step.json").read_text())["unet_steps"] == 4
+    with pytest.raises(ValueError, match="`unet_steps` is 2, but .* already holds 4 UNet steps"):
+        train_world(tmp_path / "a", **{**TINY, "unet_steps": 2})
+
+
+def test_export_pipeline_of_an_unfinished_run(tmp_path):
+    train_world(tmp_path / "run", stop_after=4, **TINY)
+    path = export_pipeline(tmp_path / "run", tmp_path / "export")
+    pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True)
+    assert json.loads((path / "train_step.json").read_text()) == {"step": 4, "unet_steps": 1}
+    assert pipe.vae.config.scaling_factor == load_checkpoint(tmp_path / "run")["scaling_factor"]
+    train_world(tmp_path / "vae_only", stop_after=2, **TINY)
+    with pytest.raises(ValueError, match="still in the VAE phase"):
+        export_pipeline(tmp_path / "vae_only", tmp_path / "nothing")
+
+
 def test_config_mismatch_on_resume_names_the_fields(tmp_path):
     train_world(tmp_path, stop_after=1, **TINY)
     saved = (tmp_path / "train_config.json").read_text()
@@ -135,8 +162,8 @@ def test_config_mismatch_on_resume_names_the_fields(tmp_path):
     sizes = ModelSizes(vae_channels=(16, 16, 16), text_hidden=32, text_layers=1, text_heads=2, unet_channels=(16, 32))
     with pytest.raises(ValueError, match="sizes.text_hidden: saved 64, now 32"):
         train_world(tmp_path, **{**TINY, "sizes": sizes})
-    with pytest.raises(ValueError, match="lr: saved 0.0008, now 0.001.*unet_steps: saved 3, now 4"):
-        train_world(tmp_path, **{**TINY, "unet_steps": 4, "lr": 1e-3})
+    with pytest.raises(ValueError, match="batch_size: saved 2, now 3; lr: saved 0.0008, now 0.001"):
+        train_world(tmp_path, **{**TINY, "batch_size": 3, "lr": 1e-3, "unet_steps": 4})
     assert (tmp_path / "train_config.json").read_text() == saved
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == checkpoints
 
@@ -172,3 +199,15 @@ def test_config_defaults_are_valid_and_evaluate_checks_arguments():
         evaluate_world(None, n_prompts=0)
     with pytest.raises(ValueError, match="`n` is 0"):
         reconstruction_accuracy(None, n=0)
+
+
+def test_unused_token_rows_keep_their_initial_values(straight):
+    """Bundles store only the token-embedding rows the world uses; the others must equal the seeded init."""
+    out, _ = straight
+    trained = load_checkpoint(out)["text_encoder"]["embeddings.token_embedding.weight"]
+    initial = make_text_encoder(ModelSizes.tiny(), seed=1).get_input_embeddings().weight.detach()
+    changed = (trained != initial).any(dim=1).nonzero().flatten()
+    assert 0 < len(changed) < 100 and CLIP_EOS in changed.tolist()
+    keep = torch.ones(len(initial), dtype=torch.bool)
+    keep[changed] = False
+    assert torch.equal(trained[keep], initial[keep])

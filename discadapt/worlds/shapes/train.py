@@ -69,7 +69,14 @@ from .models import (
 from .oracle import check, detect
 from .render import render
 
-__all__ = ["WorldTrainConfig", "evaluate_world", "load_checkpoint", "reconstruction_accuracy", "train_world"]
+__all__ = [
+    "WorldTrainConfig",
+    "evaluate_world",
+    "export_pipeline",
+    "load_checkpoint",
+    "reconstruction_accuracy",
+    "train_world",
+]
 
 # ---- Defaults, in one place. Measured on 2 CPU cores (ENVIRONMENT.md and this module's first runs). ----
 VAE_STEPS = 1500  # ~900 steps of MSE + 0.5 L1 gave 97% oracle recall at 64 px; 32 px is easier per step
@@ -174,6 +181,13 @@ class WorldTrainConfig:
         d.update({f"sizes.{k}": v for k, v in self.sizes.to_dict().items()})
         return json.loads(json.dumps(d))
 
+    @classmethod
+    def from_dict(cls, data: dict) -> WorldTrainConfig:
+        """Inverse of `to_dict`."""
+        sizes = {k.split(".", 1)[1]: v for k, v in data.items() if k.startswith("sizes.")}
+        rest = {k: v for k, v in data.items() if not k.startswith("sizes.")}
+        return cls(**rest, sizes=ModelSizes(**sizes))
+
 
 # ---- Data -------------------------------------------------------------------------------------------------------
 
@@ -217,8 +231,13 @@ class _State:
         self.text_encoder = make_text_encoder(s, c.seed + 1).to(device)
         self.unet = make_unet(s, c.seed + 2).to(device)
         self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=c.vae_lr, weight_decay=c.weight_decay)
-        params = list(self.text_encoder.parameters()) + list(self.unet.parameters())
-        self.opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        # No weight decay on the token embedding: rows of tokens the world never uses then keep their seeded
+        # initial values exactly (zero gradient, zero Adam update), so a bundle needs to store only the used rows.
+        embedding = self.text_encoder.get_input_embeddings().weight
+        decayed = [p for p in self.text_encoder.parameters() if p is not embedding] + list(self.unet.parameters())
+        self.opt = torch.optim.AdamW(
+            [{"params": decayed}, {"params": [embedding], "weight_decay": 0.0}], lr=c.lr, weight_decay=c.weight_decay
+        )
         self.ema = EMAModel(self.unet.parameters(), decay=c.ema_decay)
         self.step = 0  # global: VAE steps first, then UNet steps
         self.scaling_factor: float | None = None
@@ -280,12 +299,17 @@ def load_checkpoint(out_dir: str | os.PathLike) -> dict:
     return torch.load(found[-1] / "state.pt", weights_only=True)
 
 
+# Fields a resumed run may change: they do not alter the weights of the steps already done (the learning rate
+# is constant after warmup, so a longer `unet_steps` extends a run rather than changing it).
+RESUMABLE_FIELDS = ("checkpoint_every", "unet_steps")
+
+
 def _check_same_config(out_dir: Path, config: WorldTrainConfig):
     path = out_dir / "train_config.json"
     if not path.exists():
         return
     saved, new = json.loads(path.read_text()), config.to_dict()
-    differing = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
+    differing = sorted(k for k in set(saved) | set(new) if k not in RESUMABLE_FIELDS and saved.get(k) != new.get(k))
     if differing:
         detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {new.get(k)!r}" for k in differing)
         raise ValueError(
@@ -384,6 +408,42 @@ def _pipeline(state: _State) -> StableDiffusionPipeline:
     return pipe
 
 
+def _pipeline_step(path: Path) -> int | None:
+    marker = path / "train_step.json"
+    return json.loads(marker.read_text())["step"] if marker.exists() else None
+
+
+def _save_pipeline(state: _State, path: Path):
+    """Write the pipeline of `state` to `path` atomically, with a `train_step.json` marker."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".pipeline-", dir=path.parent))
+    _pipeline(state).save_pretrained(tmp, safe_serialization=True)
+    (tmp / "train_step.json").write_text(
+        json.dumps({"step": state.step, "unet_steps": state.step - state.config.vae_steps})
+    )
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def export_pipeline(out_dir: str | os.PathLike, dest: str | os.PathLike, device: str = "cpu") -> Path:
+    """Save the pipeline of the newest checkpoint of a (possibly unfinished) run in `out_dir` to `dest`.
+
+    Raises:
+        FileNotFoundError: `out_dir` has no checkpoint.
+        ValueError: the newest checkpoint is still in the VAE phase (no latent scale, no UNet yet).
+    """
+    out_dir = Path(out_dir)
+    saved = load_checkpoint(out_dir)
+    config = WorldTrainConfig.from_dict(json.loads((out_dir / "train_config.json").read_text()))
+    state = _State(config, device)
+    state.load_state_dict(saved)
+    if state.scaling_factor is None:
+        raise ValueError(f"the newest checkpoint of {out_dir} (step {state.step}) is still in the VAE phase.")
+    _save_pipeline(state, Path(dest))
+    return Path(dest)
+
+
 # ---- Entry points -----------------------------------------------------------------------------------------------
 
 
@@ -441,16 +501,19 @@ def train_world(
         raise ValueError(f"`stop_after` is {stop_after!r}; pass an int >= 1 or None.")
     out_dir = Path(out_dir)
     _check_same_config(out_dir, config)  # before writing anything
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not (out_dir / "train_config.json").exists():
-        tmp = out_dir / ".train_config.json.tmp"
-        tmp.write_text(json.dumps(config.to_dict(), indent=1))
-        os.replace(tmp, out_dir / "train_config.json")
-
     state = _State(config, device)
     found = _checkpoints(out_dir)
     if found:
         state.load_state_dict(torch.load(found[-1] / "state.pt", map_location=device, weights_only=True))
+    if state.step > config.total_steps:
+        raise ValueError(
+            f"`unet_steps` is {config.unet_steps}, but {out_dir} already holds {state.step - config.vae_steps} UNet "
+            "steps; pass at least that many, or a new `out_dir`."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / ".train_config.json.tmp"
+    tmp.write_text(json.dumps(config.to_dict(), indent=1))
+    os.replace(tmp, out_dir / "train_config.json")
     end = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
     tokenizer, scheduler = clip_tokenizer(), noise_scheduler()
     result = {"vae_loss": None, "unet_loss": None, "vae_steps_per_s": None, "unet_steps_per_s": None}
@@ -486,12 +549,8 @@ def train_world(
         if state.scaling_factor is None:  # cannot happen: unet_steps >= 1 measures it
             raise RuntimeError("finished without a latent scale")
         pipeline = out_dir / "pipeline"
-        if not (pipeline / "model_index.json").exists():
-            tmp = Path(tempfile.mkdtemp(prefix=".pipeline-", dir=out_dir))
-            _pipeline(state).save_pretrained(tmp, safe_serialization=True)
-            if pipeline.exists():
-                shutil.rmtree(pipeline)
-            os.replace(tmp, pipeline)
+        if _pipeline_step(pipeline) != state.step:
+            _save_pipeline(state, pipeline)
     return {"step": state.step, "done": done, "pipeline": None if pipeline is None else str(pipeline), **result}
 
 

@@ -6,7 +6,8 @@ Modules, in dependency order: `palette` (colors, shapes, sizes), `scenes` (Obj, 
 (numpy rasterizer), `captions` (grammar and parser), `semantics` (what a caption means in a scene),
 `referring` (unambiguous referring expressions), `negatives` (hard negatives), `splits` (held-out
 combinations), `dataset` (examples per category and split), `pixels` (pixel colors by a mixture model),
-`oracle` (detection and checking).
+`oracle` (detection and checking). The trained models: `models`, `train`, `bundle` (`load_pipeline()`, the bundled
+pipeline).
 
 Example:
     >>> from discadapt.worlds.shapes import check, make_dataset, render
@@ -16,6 +17,7 @@ Example:
     (True, [False, False, False, False])
 """
 
+from .bundle import load_pipeline
 from .captions import CATEGORIES, Caption, Phrase, parse
 from .dataset import Example, make_dataset, make_example
 from .negatives import KINDS, Negative, hard_negatives
@@ -48,6 +50,7 @@ __all__ = [
     "detect",
     "evaluate",
     "hard_negatives",
+    "load_pipeline",
     "held_out",
     "make_dataset",
     "make_example",

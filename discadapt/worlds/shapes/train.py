@@ -73,7 +73,10 @@ __all__ = [
     "WorldTrainConfig",
     "evaluate_world",
     "export_pipeline",
+    "initial_models",
     "load_checkpoint",
+    "load_run",
+    "pipeline_from_state",
     "reconstruction_accuracy",
     "train_world",
 ]
@@ -221,15 +224,19 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 # ---- State ------------------------------------------------------------------------------------------------------
 
 
+def initial_models(config: WorldTrainConfig):
+    """The freshly initialised (VAE, text encoder, UNet) of a run: seeds `seed`, `seed + 1`, `seed + 2`."""
+    s = config.sizes
+    return make_vae(s, config.seed), make_text_encoder(s, config.seed + 1), make_unet(s, config.seed + 2)
+
+
 class _State:
     """Models, optimizers, EMA and counters of one run."""
 
     def __init__(self, config: WorldTrainConfig, device: str):
-        c, s = config, config.sizes
+        c = config
         self.config, self.device = c, device
-        self.vae = make_vae(s, c.seed).to(device)
-        self.text_encoder = make_text_encoder(s, c.seed + 1).to(device)
-        self.unet = make_unet(s, c.seed + 2).to(device)
+        self.vae, self.text_encoder, self.unet = (m.to(device) for m in initial_models(c))
         self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=c.vae_lr, weight_decay=c.weight_decay)
         # No weight decay on the token embedding: rows of tokens the world never uses then keep their seeded
         # initial values exactly (zero gradient, zero Adam update), so a bundle needs to store only the used rows.
@@ -389,7 +396,8 @@ def _unet_step(state: _State, step: int, tokenizer, scheduler) -> float:
     return float(loss.detach())
 
 
-def _pipeline(state: _State) -> StableDiffusionPipeline:
+def pipeline_from_state(state: _State) -> StableDiffusionPipeline:
+    """The run's pipeline: EMA UNet weights, the VAE with its measured `scaling_factor`, DDIM, CLIP tokenizer."""
     unet = copy.deepcopy(state.unet).eval()
     state.ema.copy_to(unet.parameters())
     vae = copy.deepcopy(state.vae).eval()
@@ -417,7 +425,7 @@ def _save_pipeline(state: _State, path: Path):
     """Write the pipeline of `state` to `path` atomically, with a `train_step.json` marker."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pipeline-", dir=path.parent))
-    _pipeline(state).save_pretrained(tmp, safe_serialization=True)
+    pipeline_from_state(state).save_pretrained(tmp, safe_serialization=True)
     (tmp / "train_step.json").write_text(
         json.dumps({"step": state.step, "unet_steps": state.step - state.config.vae_steps})
     )
@@ -426,8 +434,8 @@ def _save_pipeline(state: _State, path: Path):
     os.replace(tmp, path)
 
 
-def export_pipeline(out_dir: str | os.PathLike, dest: str | os.PathLike, device: str = "cpu") -> Path:
-    """Save the pipeline of the newest checkpoint of a (possibly unfinished) run in `out_dir` to `dest`.
+def load_run(out_dir: str | os.PathLike, device: str = "cpu") -> _State:
+    """The state (config, models, step, scale) of the newest checkpoint of the run in `out_dir`.
 
     Raises:
         FileNotFoundError: `out_dir` has no checkpoint.
@@ -440,7 +448,13 @@ def export_pipeline(out_dir: str | os.PathLike, dest: str | os.PathLike, device:
     state.load_state_dict(saved)
     if state.scaling_factor is None:
         raise ValueError(f"the newest checkpoint of {out_dir} (step {state.step}) is still in the VAE phase.")
-    _save_pipeline(state, Path(dest))
+    return state
+
+
+def export_pipeline(out_dir: str | os.PathLike, dest: str | os.PathLike, device: str = "cpu") -> Path:
+    """Save the pipeline of the newest checkpoint of a (possibly unfinished) run in `out_dir` to `dest` (raises as
+    `load_run`)."""
+    _save_pipeline(load_run(out_dir, device), Path(dest))
     return Path(dest)
 
 

@@ -1,0 +1,192 @@
+"""The shapes world's trained models, shipped inside the package and loaded offline.
+
+Layout of `discadapt/worlds/shapes/weights/<name>/` (one folder per bundled model, `name` "world" for the
+text-to-image pipeline):
+
+- `manifest.json`: what the model is (`kind`), its training config (`WorldTrainConfig.to_dict()`), the training
+  step, extra fields (the VAE `scaling_factor`), and the sha256 of every weight file, so that a corrupt file is
+  named as such rather than loading as noise.
+- `<component>.safetensors`: float16 weights of each component (VAE, text encoder, UNet); loaded as float32.
+
+The text encoder's token embedding holds the full 49,408-token CLIP vocabulary, but the world uses about fifty of
+those tokens. Training leaves the other rows at their seeded initial values (no gradient, no weight decay), so the
+bundle stores only the used rows (`token_embedding.ids`, `token_embedding.rows`) and `load_pipeline` rebuilds the
+rest from the training seed: the loaded text encoder equals the trained one, in about 1 MB instead of 12.
+
+Rebuilding: `discadapt world train --out RUN` retrains the models from their seed; `discadapt world bundle RUN`
+writes them here.
+
+Example:
+    >>> from discadapt.worlds.shapes import load_pipeline
+    >>> pipe = load_pipeline()  # doctest: +SKIP
+    >>> pipe("a red circle to the left of a blue square", num_inference_steps=25).images[0]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+__all__ = ["WEIGHTS_DIR", "BundleError", "bundle_world", "load_pipeline", "read_bundle", "write_bundle"]
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+REBUILD = {"world": "discadapt world train --out RUN && discadapt world bundle RUN"}
+_EMBEDDING = "embeddings.token_embedding.weight"  # CLIPTextModel state-dict key of the token embedding
+
+
+class BundleError(FileNotFoundError):
+    """A bundled weight file is missing or corrupt; the message names the file and the command that rebuilds it."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_bundle(dest: str | os.PathLike, manifest: dict, components: dict[str, dict[str, torch.Tensor]]) -> Path:
+    """Write `components` (name -> state dict) as float16 safetensors plus `manifest.json` with their sha256,
+    atomically: a reader sees the old bundle or the new one, never a mix.
+
+    Args:
+        dest (str | PathLike): bundle folder (replaced).
+        manifest (dict): JSON-ready description; `files` is added.
+        components (dict[str, dict[str, Tensor]]): floating tensors are stored as float16, others as they are.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    files = {}
+    for name, state in components.items():
+        half = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()}
+        save_file(half, tmp / f"{name}.safetensors")
+        files[name] = _sha256(tmp / f"{name}.safetensors")
+    (tmp / "manifest.json").write_text(json.dumps({**manifest, "files": files}, indent=1))
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+def read_bundle(name: str, root: str | os.PathLike | None = None) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """The manifest and float32 state dicts of bundle `name`, every file checked against its sha256.
+
+    Raises:
+        BundleError: a missing manifest or weight file, or one whose content does not match (names the file and
+            the command that rebuilds it).
+    """
+    folder = Path(WEIGHTS_DIR if root is None else root) / name
+    rebuild = REBUILD.get(name, "the command that trained it")
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path} is missing: the '{name}' models are not bundled; rebuild with `{rebuild}`.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise BundleError(f"{manifest_path} is corrupt ({err}); rebuild with `{rebuild}`.") from None
+    components = {}
+    for component, digest in files.items():
+        path = folder / f"{component}.safetensors"
+        if not path.is_file():
+            raise BundleError(f"{path} is missing; rebuild with `{rebuild}`.")
+        if _sha256(path) != digest:
+            raise BundleError(f"{path} is corrupt (sha256 differs from {manifest_path}); rebuild with `{rebuild}`.")
+        try:
+            state = load_file(path)
+        except SafetensorError as err:  # pragma: no cover - the checksum catches corruption first
+            raise BundleError(f"{path} is corrupt ({err}); rebuild with `{rebuild}`.") from None
+        components[component] = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return manifest, components
+
+
+def _sparse_embedding(state: dict[str, torch.Tensor], initial: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`state` with the token embedding replaced by the rows that differ from `initial` (ids and rows)."""
+    weight = state[_EMBEDDING]  # (V, D)
+    ids = (weight != initial).any(dim=1).nonzero().flatten()  # (U,)
+    rest = {k: v for k, v in state.items() if k != _EMBEDDING}
+    return {**rest, "token_embedding.ids": ids, "token_embedding.rows": weight[ids]}
+
+
+def _dense_embedding(state: dict[str, torch.Tensor], initial: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Inverse of `_sparse_embedding`."""
+    state = dict(state)
+    ids, rows = state.pop("token_embedding.ids"), state.pop("token_embedding.rows")
+    weight = initial.clone()
+    weight[ids] = rows.to(weight.dtype)
+    return {**state, _EMBEDDING: weight}
+
+
+def bundle_world(run_dir: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+    """Bundle the newest checkpoint of the world training run in `run_dir` (EMA UNet weights) as `weights/world`.
+
+    Args:
+        run_dir (str | PathLike): a `train_world` output folder with at least one UNet-phase checkpoint.
+        dest (str | PathLike | None): bundle folder. Default `WEIGHTS_DIR / "world"`.
+    """
+    from .train import initial_models, load_run, pipeline_from_state
+
+    state = load_run(run_dir)
+    pipe = pipeline_from_state(state)
+    initial = initial_models(state.config)[1].get_input_embeddings().weight.detach()
+    manifest = {
+        "kind": "world",
+        "train_config": state.config.to_dict(),
+        "step": state.step,
+        "unet_steps": state.step - state.config.vae_steps,
+        "scaling_factor": state.scaling_factor,
+    }
+    components = {
+        "vae": pipe.vae.state_dict(),
+        "text_encoder": _sparse_embedding(pipe.text_encoder.state_dict(), initial),
+        "unet": pipe.unet.state_dict(),
+    }
+    return write_bundle(WEIGHTS_DIR / "world" if dest is None else dest, manifest, components)
+
+
+def load_pipeline(device: str | torch.device = "cpu", torch_dtype: torch.dtype = torch.float32, root=None):
+    """The bundled shapes-world `StableDiffusionPipeline` (32 x 32 images), offline.
+
+    Args:
+        device (str | torch.device): where to put it. Default "cpu".
+        torch_dtype (torch.dtype): parameter dtype. Default float32.
+        root (str | PathLike | None): folder holding the `world` bundle. Default the package's `weights/`.
+
+    Returns:
+        StableDiffusionPipeline: VAE, CLIP text encoder and tokenizer, UNet, DDIM scheduler; progress bar off.
+
+    Raises:
+        BundleError: a missing or corrupt weight file (names it, and the command that rebuilds it).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    from ...tokenizer import clip_tokenizer
+    from .models import sampling_scheduler
+    from .train import WorldTrainConfig, initial_models
+
+    manifest, components = read_bundle("world", root)
+    config = WorldTrainConfig.from_dict(manifest["train_config"])
+    vae, text_encoder, unet = initial_models(config)
+    initial = text_encoder.get_input_embeddings().weight.detach()
+    vae.load_state_dict(components["vae"])
+    text_encoder.load_state_dict(_dense_embedding(components["text_encoder"], initial))
+    unet.load_state_dict(components["unet"])
+    vae.register_to_config(scaling_factor=manifest["scaling_factor"])
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=clip_tokenizer(),
+        unet=unet.eval(),
+        scheduler=sampling_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, torch_dtype)

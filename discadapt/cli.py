@@ -2,6 +2,10 @@
 
 discadapt inspect --tiny                      blocks of the tiny test pipeline, their channels and sizes
 discadapt inspect --pipeline DIR [--size 64]  the same for a local diffusers pipeline folder
+discadapt demo [--quick] [--out DIR]          the shapes world's held-out prompts, judged by its oracle: tables,
+                                              results.json and report.html
+discadapt world train --out RUN [--steps N]   retrain the shapes world's models (resumable)
+discadapt world bundle RUN                    bundle them into the package
 """
 
 from __future__ import annotations
@@ -9,12 +13,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .worlds.shapes.commands import add_commands as add_world_commands
+
 
 def _load_pipeline(args):
     if args.tiny:
         from .testing import tiny_sd_pipeline
 
         return tiny_sd_pipeline()
+    if args.world:
+        from .worlds.shapes import load_pipeline
+
+        return load_pipeline()
     from diffusers import DiffusionPipeline
 
     return DiffusionPipeline.from_pretrained(args.pipeline, local_files_only=True)
@@ -77,10 +87,35 @@ def generate(args) -> int:
     return 0
 
 
+def demo(args) -> int:
+    """`discadapt demo`: `worlds.shapes.demo.run_demo` on the bundled world or a `--pipeline` folder."""
+    from .data import load_prompts
+    from .worlds.shapes.demo import run_demo
+
+    prompts = load_prompts(args.prompts) if args.prompts else None
+    run_demo(
+        args.pipeline,
+        args.out,
+        quick=args.quick,
+        categories=args.categories,
+        n_prompts=args.n_prompts,
+        images_per_prompt=args.images_per_prompt,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        device=args.device,
+        prompts=prompts,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
 def _add_pipeline_source(parser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pipeline", help="local diffusers pipeline folder (loaded offline)")
     source.add_argument("--tiny", action="store_true", help="the tiny random test pipeline")
+    source.add_argument("--world", action="store_true", help="the bundled shapes-world pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,10 +148,28 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=generate)
 
+    d = sub.add_parser("demo", help="the shapes world's held-out prompts judged by its oracle, with a report")
+    d.add_argument("--quick", action="store_true", help="small settings: 8 prompts per category, 2 images each")
+    d.add_argument("--out", default="demo-out", help="output folder: results.json, report.html (default demo-out)")
+    d.add_argument("--categories", nargs="+", help="caption categories (default all)")
+    d.add_argument("--n-prompts", type=int, help="prompts per category (default 40, quick 8)")
+    d.add_argument("--images-per-prompt", type=int, help="images per prompt (default 5, quick 2)")
+    d.add_argument("--steps", type=int, help="DDIM steps (default 25)")
+    d.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
+    d.add_argument("--seed", type=int, default=0, help="seed of prompts, noise and bootstrap")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--pipeline", help="local diffusers pipeline folder (default: the bundled shapes world)")
+    d.add_argument("--prompts", help="prompt file, one caption of the shapes grammar a line (instead of drawn ones)")
+    d.add_argument("--batch-size", type=int, default=50, help="images per pipeline call")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(func=demo)
+
+    add_world_commands(sub)
+
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:  # bad input; missing files (e.g. bundled weights)
         print(f"discadapt {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,35 @@
+"""`discadapt world train` / `discadapt world bundle`: a smoke test of the real-size training code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from discadapt.cli import main
+from discadapt.worlds.shapes.bundle import load_pipeline
+
+
+def test_world_train_then_bundle_smoke(tmp_path, capsys):
+    """Two VAE and two UNet steps of the default (bundled) sizes, resumed, then bundled and loaded."""
+    run = tmp_path / "run"
+    assert main(["world", "train", "--out", str(run), "--steps", "2", "--stop-after", "3"]) == 0
+    first = json.loads(capsys.readouterr().out)["world"]
+    assert first["step"] == 3 and not first["done"]
+    assert main(["world", "train", "--out", str(run), "--steps", "2"]) == 0
+    second = json.loads(capsys.readouterr().out)["world"]
+    assert second["step"] == 4 and second["done"]
+    assert main(["world", "bundle", str(run), "--dest", str(tmp_path / "weights")]) == 0
+    pipe = load_pipeline(root=tmp_path / "weights")
+    assert pipe.unet.config.sample_size == 8 and pipe.vae.config.scaling_factor > 0
+
+
+def test_world_train_errors(tmp_path, capsys):
+    main(["world", "train", "--out", str(tmp_path), "--steps", "1", "--tiny", "--stop-after", "1"])
+    capsys.readouterr()
+    assert main(["world", "train", "--out", str(tmp_path), "--steps", "1", "--seed", "3", "--tiny"]) == 2
+    assert "another configuration (seed: saved 0, now 3)" in capsys.readouterr().err
+    assert main(["world", "bundle", str(tmp_path / "nothing")]) == 2
+    assert "no checkpoint under" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["world", "train"])  # --out is required

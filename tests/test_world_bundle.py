@@ -59,6 +59,7 @@ def test_loaded_pipeline_equals_the_trained_one_up_to_float16(bundled):
     assert pipe.vae.config.scaling_factor == trained.vae.config.scaling_factor
     image = pipe("a red circle", num_inference_steps=2, output_type="np", generator=torch.manual_seed(0)).images
     assert image.shape == (1, 32, 32, 3)
+    assert load_pipeline(root=root, torch_dtype=torch.bfloat16).unet.dtype == torch.bfloat16
 
 
 def test_manifest_and_sparse_text_encoder(bundled):

@@ -68,6 +68,8 @@ def write_bundle(dest: str | os.PathLike, manifest: dict, components: dict[str, 
         save_file(half, tmp / f"{name}.safetensors")
         files[name] = _sha256(tmp / f"{name}.safetensors")
     (tmp / "manifest.json").write_text(json.dumps({**manifest, "files": files}, indent=1))
+    for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors create them private
+        path.chmod(0o755 if path.is_dir() else 0o644)
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)
@@ -189,4 +191,6 @@ def load_pipeline(device: str | torch.device = "cpu", torch_dtype: torch.dtype =
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, torch_dtype)
+    if torch_dtype != torch.float32:
+        pipe.to(dtype=torch_dtype)
+    return pipe.to(device)

@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/python examples/quickstart.py
+	HF_HUB_OFFLINE=1 $(BIN)/discadapt demo
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)

@@ -10,11 +10,14 @@ import torch
 from discadapt.worlds.shapes.bundle import (
     WEIGHTS_DIR,
     BundleError,
+    bundle_clip,
     bundle_world,
+    load_clip,
     load_pipeline,
     read_bundle,
     write_bundle,
 )
+from discadapt.worlds.shapes.clip import WorldClipSizes, load_world_clip, train_world_clip
 from discadapt.worlds.shapes.models import ModelSizes
 from discadapt.worlds.shapes.train import initial_models, load_run, pipeline_from_state, train_world
 
@@ -60,6 +63,18 @@ def test_loaded_pipeline_equals_the_trained_one_up_to_float16(bundled):
     image = pipe("a red circle", num_inference_steps=2, output_type="np", generator=torch.manual_seed(0)).images
     assert image.shape == (1, 32, 32, 3)
     assert load_pipeline(root=root, torch_dtype=torch.bfloat16).unet.dtype == torch.bfloat16
+
+
+def test_world_clip_bundle_equals_the_trained_model_up_to_float16(tmp_path):
+    train_world_clip(tmp_path / "run", steps=2, batch_size=4, sizes=WorldClipSizes.tiny(), progress=False)
+    bundle_clip(tmp_path / "run", tmp_path / "weights" / "clip")
+    got, want = load_clip(root=tmp_path / "weights").state_dict(), load_world_clip(tmp_path / "run").state_dict()
+    assert set(got) == set(want)
+    key = "text_model.embeddings.token_embedding.weight"
+    used = (got[key] != want[key]).any(dim=1)  # the used rows are rounded, the rest rebuilt exactly from the seed
+    assert 0 < used.sum() < 100 and torch.equal(got[key][used], want[key][used].half().float())
+    for k in set(want) - {key}:
+        assert torch.equal(got[k], want[k].half().float()), k
 
 
 def test_manifest_and_sparse_text_encoder(bundled):
@@ -116,6 +131,7 @@ def test_write_bundle_replaces_atomically_and_stores_float16(tmp_path):
 @pytest.mark.skipif(not (WEIGHTS_DIR / "world" / "manifest.json").exists(), reason="world weights not bundled")
 def test_the_bundled_world_loads_offline():
     pipe = load_pipeline()
+    assert load_clip().config.vision_config.image_size == 32
     assert type(pipe).__name__ == "StableDiffusionPipeline" and pipe.unet.config.sample_size == 8
     size = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
     assert size <= 25 * 2**20  # all bundled weights

@@ -7,21 +7,23 @@ import json
 import pytest
 
 from discadapt.cli import main
-from discadapt.worlds.shapes.bundle import load_pipeline
+from discadapt.worlds.shapes.bundle import load_clip, load_pipeline
 
 
 def test_world_train_then_bundle_smoke(tmp_path, capsys):
     """Two VAE and two UNet steps of the default (bundled) sizes, resumed, then bundled and loaded."""
     run = tmp_path / "run"
     assert main(["world", "train", "--out", str(run), "--steps", "2", "--stop-after", "3"]) == 0
-    first = json.loads(capsys.readouterr().out)["world"]
-    assert first["step"] == 3 and not first["done"]
+    first = json.loads(capsys.readouterr().out)
+    assert first["world"]["step"] == 3 and not first["world"]["done"] and first["clip"] is None
     assert main(["world", "train", "--out", str(run), "--steps", "2"]) == 0
-    second = json.loads(capsys.readouterr().out)["world"]
-    assert second["step"] == 4 and second["done"]
+    second = json.loads(capsys.readouterr().out)
+    assert second["world"]["step"] == 4 and second["world"]["done"]
+    assert second["clip"]["step"] == 2 and second["clip"]["done"]
     assert main(["world", "bundle", str(run), "--dest", str(tmp_path / "weights")]) == 0
     pipe = load_pipeline(root=tmp_path / "weights")
     assert pipe.unet.config.sample_size == 8 and pipe.vae.config.scaling_factor > 0
+    assert load_clip(root=tmp_path / "weights").config.vision_config.image_size == 32
 
 
 def test_world_train_errors(tmp_path, capsys):

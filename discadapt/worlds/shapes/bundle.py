@@ -35,11 +35,22 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["WEIGHTS_DIR", "BundleError", "bundle_world", "load_pipeline", "read_bundle", "write_bundle"]
+__all__ = [
+    "WEIGHTS_DIR",
+    "BundleError",
+    "bundle_clip",
+    "bundle_world",
+    "load_clip",
+    "load_pipeline",
+    "read_bundle",
+    "write_bundle",
+]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-REBUILD = {"world": "discadapt world train --out RUN && discadapt world bundle RUN"}
+_REBUILD = "discadapt world train --out RUN && discadapt world bundle RUN"
+REBUILD = {"world": _REBUILD, "clip": _REBUILD}
 _EMBEDDING = "embeddings.token_embedding.weight"  # CLIPTextModel state-dict key of the token embedding
+_CLIP_EMBEDDING = "text_model." + _EMBEDDING  # CLIPModel's
 
 
 class BundleError(FileNotFoundError):
@@ -108,21 +119,21 @@ def read_bundle(name: str, root: str | os.PathLike | None = None) -> tuple[dict,
     return manifest, components
 
 
-def _sparse_embedding(state: dict[str, torch.Tensor], initial: torch.Tensor) -> dict[str, torch.Tensor]:
-    """`state` with the token embedding replaced by the rows that differ from `initial` (ids and rows)."""
-    weight = state[_EMBEDDING]  # (V, D)
+def _sparse_embedding(state: dict, initial: torch.Tensor, key: str = _EMBEDDING) -> dict[str, torch.Tensor]:
+    """`state` with the token embedding `key` replaced by the rows that differ from `initial` (ids and rows)."""
+    weight = state[key]  # (V, D)
     ids = (weight != initial).any(dim=1).nonzero().flatten()  # (U,)
-    rest = {k: v for k, v in state.items() if k != _EMBEDDING}
+    rest = {k: v for k, v in state.items() if k != key}
     return {**rest, "token_embedding.ids": ids, "token_embedding.rows": weight[ids]}
 
 
-def _dense_embedding(state: dict[str, torch.Tensor], initial: torch.Tensor) -> dict[str, torch.Tensor]:
+def _dense_embedding(state: dict, initial: torch.Tensor, key: str = _EMBEDDING) -> dict[str, torch.Tensor]:
     """Inverse of `_sparse_embedding`."""
     state = dict(state)
     ids, rows = state.pop("token_embedding.ids"), state.pop("token_embedding.rows")
     weight = initial.clone()
     weight[ids] = rows.to(weight.dtype)
-    return {**state, _EMBEDDING: weight}
+    return {**state, key: weight}
 
 
 def bundle_world(run_dir: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
@@ -194,3 +205,40 @@ def load_pipeline(device: str | torch.device = "cpu", torch_dtype: torch.dtype =
     if torch_dtype != torch.float32:
         pipe.to(dtype=torch_dtype)
     return pipe.to(device)
+
+
+def bundle_clip(run_dir: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+    """Bundle the world CLIP of the `train_world_clip` run in `run_dir` (finished model, else newest checkpoint).
+
+    Args:
+        run_dir (str | PathLike): a `train_world_clip` output folder.
+        dest (str | PathLike | None): bundle folder. Default `WEIGHTS_DIR / "clip"`.
+    """
+    from .clip import WorldClipConfig, load_world_clip, make_world_clip
+
+    run_dir = Path(run_dir)
+    config = WorldClipConfig.from_dict(json.loads((run_dir / "train_config.json").read_text()))
+    model = load_world_clip(run_dir)
+    initial = make_world_clip(config, config.seed).state_dict()[_CLIP_EMBEDDING]
+    marker = run_dir / "model" / "train_step.json"
+    step = json.loads(marker.read_text())["step"] if marker.exists() else None
+    manifest = {"kind": "clip", "train_config": config.to_dict(), "step": step}
+    components = {"clip": _sparse_embedding(model.state_dict(), initial, _CLIP_EMBEDDING)}
+    return write_bundle(WEIGHTS_DIR / "clip" if dest is None else dest, manifest, components)
+
+
+def load_clip(device: str | torch.device = "cpu", root: str | os.PathLike | None = None):
+    """The bundled world CLIP (`transformers.CLIPModel`, eval mode), offline; score with
+    `discadapt.worlds.shapes.clip.clip_scores` / `clip_logits`.
+
+    Raises:
+        BundleError: a missing or corrupt weight file (names it, and the command that rebuilds it).
+    """
+    from .clip import WorldClipConfig, make_world_clip
+
+    manifest, components = read_bundle("clip", root)
+    config = WorldClipConfig.from_dict(manifest["train_config"])
+    model = make_world_clip(config, config.seed)
+    initial = model.state_dict()[_CLIP_EMBEDDING]
+    model.load_state_dict(_dense_embedding(components["clip"], initial, _CLIP_EMBEDDING))
+    return model.to(device).eval()

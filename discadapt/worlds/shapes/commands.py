@@ -1,7 +1,8 @@
 """`discadapt world ...`: retrain and bundle the shapes world's models.
 
-discadapt world train --out RUN [--seed 0] [--steps N]   train (or resume) every world model into RUN
-discadapt world bundle RUN                              bundle RUN's newest checkpoints into the package
+discadapt world train --out RUN [--seed 0] [--steps N]   train (or resume) the world's models: RUN/world (the
+                                                        text-to-image pipeline), then RUN/clip (the world CLIP)
+discadapt world bundle RUN                              bundle RUN's models into the package
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ __all__ = ["add_commands"]
 def _train(args) -> int:
     import torch
 
+    from .clip import WorldClipSizes, train_world_clip
     from .models import ModelSizes
     from .train import train_world
 
@@ -31,15 +33,25 @@ def _train(args) -> int:
         stop_after=args.stop_after,
         **steps,
     )
-    print(json.dumps({"world": result}))
+    clip = None
+    if result["done"]:
+        clip = train_world_clip(
+            Path(args.out) / "clip",
+            seed=args.seed,
+            sizes=WorldClipSizes.tiny() if args.tiny else None,
+            device=args.device,
+            **({} if args.steps is None else {"steps": args.steps}),
+        )
+    print(json.dumps({"world": result, "clip": clip}))
     return 0
 
 
 def _bundle(args) -> int:
-    from .bundle import bundle_world
+    from .bundle import bundle_clip, bundle_world
 
-    path = bundle_world(Path(args.run) / "world", None if args.dest is None else Path(args.dest) / "world")
-    print(f"bundled {path}")
+    for name, bundle in (("world", bundle_world), ("clip", bundle_clip)):
+        path = bundle(Path(args.run) / name, None if args.dest is None else Path(args.dest) / name)
+        print(f"bundled {path}")
     return 0
 
 

@@ -4,6 +4,8 @@ discadapt inspect --tiny                      blocks of the tiny test pipeline, 
 discadapt inspect --pipeline DIR [--size 64]  the same for a local diffusers pipeline folder
 discadapt demo [--quick] [--out DIR]          the shapes world's held-out prompts, judged by its oracle: tables,
                                               results.json and report.html
+discadapt probe --pipeline DIR|--world ...    stage 1: train a discriminative adapter on a frozen pipeline
+discadapt tune --pipeline DIR|--world ...     stage 2: LoRA + adapter with discriminative and denoising losses
 discadapt world train --out RUN [--steps N]   retrain the shapes world's models (resumable)
 discadapt world bundle RUN                    bundle them into the package
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .train.commands import add_commands as add_train_commands
 from .worlds.shapes.commands import add_commands as add_world_commands
 
 
@@ -91,8 +94,10 @@ def demo(args) -> int:
     """`discadapt demo`: `worlds.shapes.demo.run_demo` on the bundled world or a `--pipeline` folder."""
     from .data import load_prompts
     from .worlds.shapes.demo import run_demo
+    from .worlds.shapes.rows import probing_table
 
     prompts = load_prompts(args.prompts) if args.prompts else None
+    tables = [] if args.no_probing else [probing_table(quick=args.quick)]
     run_demo(
         args.pipeline,
         args.out,
@@ -107,6 +112,7 @@ def demo(args) -> int:
         prompts=prompts,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        extra_tables=tables,
     )
     return 0
 
@@ -162,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--prompts", help="prompt file, one caption of the shapes grammar a line (instead of drawn ones)")
     d.add_argument("--batch-size", type=int, default=50, help="images per pipeline call")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.add_argument("--no-probing", action="store_true", help="skip the hard-negative image-text matching table")
     d.set_defaults(func=demo)
 
+    add_train_commands(sub)
     add_world_commands(sub)
 
     args = parser.parse_args(argv)

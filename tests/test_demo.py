@@ -8,8 +8,6 @@ import html
 import io
 import json
 import re
-import sys
-import types
 import warnings
 
 import numpy as np
@@ -19,7 +17,7 @@ from PIL import Image
 
 from discadapt.bench import Interval, ReportRow, Table, accuracy_table, bootstrap_ci, render_html, write_report
 from discadapt.cli import main
-from discadapt.worlds.shapes import check, parse, render
+from discadapt.worlds.shapes import bundle, check, parse, render
 from discadapt.worlds.shapes.demo import FULL, QUICK, demo_prompts, image_seed, pipeline_method, run_demo
 from discadapt.worlds.shapes.models import ModelSizes
 from discadapt.worlds.shapes.train import train_world
@@ -399,8 +397,12 @@ def test_run_demo_bad_methods_and_pipeline(pipe, tmp_path):
 
 def test_cli_demo(world, tmp_path, capsys):
     args = ["demo", "--pipeline", world, "--out", str(tmp_path / "d"), "--categories", "single", "spatial"]
-    assert main(args + ["--n-prompts", "2", "--images-per-prompt", "1", "--steps", "2", "--no-progress"]) == 0
+    assert (
+        main(args + ["--n-prompts", "2", "--images-per-prompt", "1", "--steps", "2", "--no-progress", "--no-probing"])
+        == 0
+    )
     out = capsys.readouterr().out
+    assert "hard negatives" not in out
     assert out.startswith("accuracy per category [95% CI over prompts]\nmethod")
     assert out.splitlines()[3].split() == ["n", "prompts", "/", "images", "2", "/", "2", "2", "/", "2"]
     results = json.loads((tmp_path / "d" / "results.json").read_text())
@@ -413,7 +415,10 @@ def test_cli_demo(world, tmp_path, capsys):
                 + ["--quick", "--steps", "1", "--no-progress"]) == 0  # fmt: skip
     results = json.loads((tmp_path / "p" / "results.json").read_text())
     assert [p["text"] for p in results["prompts"]] == ["a red circle", "three green triangles"]
-    capsys.readouterr()
+    (table,) = results["tables"]  # the probing table, 10 examples per category and split with --quick
+    assert table["title"].startswith("image-text matching against hard negatives")
+    assert [row[0] for row in table["rows"]][-1] == "denoising error (10 t)"
+    assert "image-text matching against hard negatives" in capsys.readouterr().out
 
     assert main(["demo", "--pipeline", world, "--out", str(tmp_path / "x"), "--categories", "hexagons"]) == 2
     assert "discadapt demo: error: `category` is 'hexagons'; pick one of single" in capsys.readouterr().err
@@ -425,14 +430,13 @@ def test_cli_demo_bundled_world(pipe, tmp_path, capsys, monkeypatch):
     def missing(device="cpu", **kwargs):
         raise FileNotFoundError("bundled weights missing: unet.safetensors; rebuild with `python -m ...`")
 
-    stub = types.ModuleType("discadapt.worlds.shapes.bundle")
-    stub.load_pipeline = missing
-    monkeypatch.setitem(sys.modules, "discadapt.worlds.shapes.bundle", stub)
+    monkeypatch.setattr(bundle, "load_pipeline", missing)
     assert main(["demo", "--out", str(tmp_path), "--quick", "--no-progress"]) == 2
     assert "discadapt demo: error: bundled weights missing: unet.safetensors" in capsys.readouterr().err
 
     devices = []
-    stub.load_pipeline = lambda device="cpu", **kwargs: devices.append(device) or pipe
+    monkeypatch.setattr(bundle, "load_pipeline", lambda device="cpu", **kwargs: devices.append(device) or pipe)
     args = ["demo", "--out", str(tmp_path), "--categories", "two_objects", "--n-prompts", "1", "--steps", "1"]
+    args += ["--no-probing"]
     assert main(args + ["--images-per-prompt", "1", "--no-progress"]) == 0
     assert devices == ["cpu"] and "two_objects" in capsys.readouterr().out

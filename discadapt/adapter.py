@@ -32,11 +32,12 @@ from safetensors import safe_open
 from torch import nn
 
 from .probe import FeatureProbe
-from .text import get_unet, pooled_dim
+from .text import TextEmbeddings, get_unet, pooled_dim
 
-__all__ = ["DiscriminativeAdapter", "AdapterOutput", "DEFAULT_LAYERS"]
+__all__ = ["DiscriminativeAdapter", "AdapterOutput", "DEFAULT_LAYERS", "ITM_TEXT"]
 
 DEFAULT_LAYERS = ("up_blocks.0",)
+ITM_TEXT = ("pooled", "tokens")
 _WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
@@ -100,6 +101,10 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
         grid_size (`int`, *optional*): side of the common token grid; defaults to the smallest probed map.
         dropout (`float`, defaults to 0.0): dropout inside the transformer layers.
         logit_scale_init (`float`, defaults to log(1/0.07)): initial log of the ITM logit scale (as CLIP).
+        itm_text (`str`, defaults to "pooled"): the text side of ITM, `text_target`: "pooled", the pipeline's pooled
+            prompt embedding (DPT; `text_dim` = its width), or "tokens", the mean of the prompt's token embeddings
+            over its real tokens (`text_dim` = `token_dim`), for text encoders whose pooled output was never
+            trained to tell prompts apart (the shapes world's, trained only through the UNet's cross-attention).
     """
 
     @register_to_config
@@ -119,8 +124,16 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
         grid_size: int | None = None,
         dropout: float = 0.0,
         logit_scale_init: float = math.log(1 / 0.07),
+        itm_text: str = "pooled",
     ):
         super().__init__()
+        if itm_text not in ITM_TEXT:
+            raise ValueError(f"`itm_text` is {itm_text!r}; pick one of {', '.join(ITM_TEXT)}.")
+        if itm_text == "tokens" and text_dim != token_dim:
+            raise ValueError(
+                f'`itm_text` is "tokens", so `text_dim` ({text_dim}) must equal `token_dim` ({token_dim}): ITM '
+                "compares the queries with token embeddings."
+            )
         if len(layers) != len(in_channels) or not layers:
             raise ValueError(
                 f"`layers` ({list(layers)}) and `in_channels` ({list(in_channels)}) must be non-empty and of equal "
@@ -162,10 +175,11 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
         unet = get_unet(pipe)
         layers = [layers] if isinstance(layers, str) else list(layers)
         info = FeatureProbe(unet, layers).describe()
+        tokens = config.get("itm_text", "pooled") == "tokens"
         adapter = cls(
             layers=layers,
             in_channels=[info[name].channels for name in layers],
-            text_dim=pooled_dim(pipe),
+            text_dim=unet.config.cross_attention_dim if tokens else pooled_dim(pipe),
             token_dim=unet.config.cross_attention_dim,
             **config,
         )
@@ -183,7 +197,8 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
                 "DiscriminativeAdapter.for_pipeline(pipe, layers=...)."
             )
         expected = (self.config.text_dim, self.config.token_dim)
-        found_text = (pooled_dim(pipe), unet.config.cross_attention_dim)
+        tokens = self.config.itm_text == "tokens"
+        found_text = (unet.config.cross_attention_dim if tokens else pooled_dim(pipe), unet.config.cross_attention_dim)
         if expected != found_text:
             raise ValueError(
                 f"This adapter expects text widths (pooled, tokens) = {expected}, but this pipeline gives "
@@ -275,12 +290,20 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
             token_embeds=token_embeds,
         )
 
+    def text_target(self, text: TextEmbeddings) -> torch.Tensor:
+        """The ITM text embeddings `(B, text_dim)` of encoded prompts, as `config.itm_text` says: the pooled
+        embedding, or the mean of the token embeddings where `text.mask` is 1."""
+        if self.config.itm_text == "pooled":
+            return text.pooled
+        mask = text.mask.to(text.encoder_hidden_states.dtype)[..., None]  # (B, L, 1)
+        return (text.encoder_hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, D)
+
     def itm_logits(self, output: AdapterOutput, text_embeds: torch.Tensor, pairwise: bool = True) -> torch.Tensor:
         """ITM logits in float32 (float64 for a float64 model): `exp(logit_scale) * max_q cos(itm_embeds[:, q], text)`.
 
         Args:
             output (`AdapterOutput`): adapter outputs for B (image, text) pairs.
-            text_embeds (`torch.Tensor` of shape `(B, P)` or `(T, P)`): pooled prompt embeddings.
+            text_embeds (`torch.Tensor` of shape `(B, P)` or `(T, P)`): prompt embeddings (`text_target`).
             pairwise (`bool`, defaults to True): score pair b with text b, giving `(B,)`; else every
                 output against every text, giving `(B, T)`.
         """

@@ -138,7 +138,7 @@ def adapter_itm_logits(pipe, adapter: DiscriminativeAdapter, probe: FeatureProbe
     conditioned on `text` (B prompts) and run through `probe` (which reads `adapter.config.layers`)."""
     feats = probe(model_input, t, text.encoder_hidden_states, **unet_text_kwargs(pipe, text, model_input))
     out = adapter(feats, t, text_tokens=text.encoder_hidden_states)
-    return adapter.itm_logits(out, text.pooled)
+    return adapter.itm_logits(out, adapter.text_target(text))
 
 
 def itm_score(

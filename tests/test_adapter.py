@@ -144,3 +144,26 @@ def test_bad_config():
         DiscriminativeAdapter(
             layers=["mid_block"], in_channels=[4], text_dim=4, token_dim=4, hidden_size=30, num_heads=4
         )
+
+
+def test_itm_text_tokens_is_the_masked_token_mean(sd_pipe, latents):
+    from discadapt.scoring import itm_score
+    from discadapt.text import encode_text
+
+    adapter = DiscriminativeAdapter.for_pipeline(sd_pipe, itm_text="tokens", **SMALL)
+    assert adapter.config.text_dim == sd_pipe.unet.config.cross_attention_dim
+    adapter.check_pipeline(sd_pipe)
+    prompts = ["a red circle", "a blue square left of a green triangle", "two cats"]
+    text = encode_text(sd_pipe, prompts)
+    target = adapter.text_target(text)
+    for b in range(3):
+        real = text.mask[b].bool()
+        torch.testing.assert_close(target[b], text.encoder_hidden_states[b, real].mean(0))
+    pooled = DiscriminativeAdapter.for_pipeline(sd_pipe, **SMALL)
+    assert torch.equal(pooled.text_target(text), text.pooled)
+    scores = itm_score(sd_pipe, adapter, latents, prompts, t=300)  # the scorer goes through text_target
+    assert scores.shape == (3,) and torch.isfinite(scores).all()
+    with pytest.raises(ValueError, match="`itm_text` is 'cls'; pick one of pooled, tokens"):
+        DiscriminativeAdapter(layers=["mid_block"], in_channels=[4], text_dim=4, token_dim=4, itm_text="cls")
+    with pytest.raises(ValueError, match=r"`text_dim` \(8\) must equal `token_dim` \(4\)"):
+        DiscriminativeAdapter(layers=["mid_block"], in_channels=[4], text_dim=8, token_dim=4, itm_text="tokens")

@@ -173,7 +173,8 @@ class SelfCorrection(PipelineCallback):
         with torch.enable_grad():  # the pipeline's loop runs under no_grad: even the slicing must be recorded
             feats = {name: f[cond] for name, f in rec.features.items()}
             out = self.adapter(feats, t, text_tokens=text.encoder_hidden_states)
-            (grad,) = torch.autograd.grad(self.adapter.itm_logits(out, text.pooled).sum(), rec.input)
+            logits = self.adapter.itm_logits(out, self.adapter.text_target(text))
+            (grad,) = torch.autograd.grad(logits.sum(), rec.input)
         return self._normalized(grad[cond].float() * rec.scale)
 
     def _normalized(self, grad: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,7 @@ def pair_outputs(
         with torch.set_grad_enabled(unet_grad and torch.is_grad_enabled()):
             feats = probe(x_t, t, sub.encoder_hidden_states, **unet_text_kwargs(pipe, sub, x_t))
         out = adapter(feats, t, text_tokens=sub.encoder_hidden_states)
-        logits.append(adapter.itm_logits(out, sub.pooled))  # (p,) float32
+        logits.append(adapter.itm_logits(out, adapter.text_target(sub)))  # (p,) float32
         outputs.append(out)
     if not outputs:
         raise ValueError("the batch has no (image, text) pair to score; check that its items have captions or boxes.")

@@ -117,6 +117,8 @@ def test_resume_reaches_the_same_weights(straight, tmp_path, stop):
     first = train_world(tmp_path, stop_after=stop, **args)
     assert first["step"] == stop and not first["done"] and first["pipeline"] is None
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[-1] == f"step-{stop:07d}"
+    with open(tmp_path / "log.jsonl", "a") as log:  # a step logged, then killed before its checkpoint
+        log.write(json.dumps({"step": stop + 1, "phase": "unet", "loss": 9.0, "seconds": 0.1}) + "\n")
     second = train_world(tmp_path, **args)
     assert second["done"] and second["step"] == 6
     # the newest KEEP_CHECKPOINTS (2) are kept, no temporary folder is left behind
@@ -125,6 +127,8 @@ def test_resume_reaches_the_same_weights(straight, tmp_path, stop):
     resumed.pop("torch_rng"), uninterrupted.pop("torch_rng")  # the caller's global RNG, not used by training
     _assert_same(resumed, uninterrupted)
     assert second["unet_loss"] == straight[1]["unet_loss"]
+    logged = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, 7))  # each step logged once
 
 
 def test_a_finished_run_extends_to_the_weights_of_a_longer_run(tmp_path):

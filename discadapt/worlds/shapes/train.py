@@ -311,6 +311,18 @@ def load_checkpoint(out_dir: str | os.PathLike) -> dict:
 RESUMABLE_FIELDS = ("checkpoint_every", "unet_steps")
 
 
+def _trim_log(path: Path, step: int):
+    """Drop log lines past `step` (steps redone after resuming from the checkpoint at `step` log again)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+
+
 def _check_same_config(out_dir: Path, config: WorldTrainConfig):
     path = out_dir / "train_config.json"
     if not path.exists():
@@ -525,6 +537,7 @@ def train_world(
             "steps; pass at least that many, or a new `out_dir`."
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    _trim_log(out_dir / "log.jsonl", state.step)
     tmp = out_dir / ".train_config.json.tmp"
     tmp.write_text(json.dumps(config.to_dict(), indent=1))
     os.replace(tmp, out_dir / "train_config.json")

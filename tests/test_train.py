@@ -109,11 +109,14 @@ def test_probe_trains_only_the_adapter(tmp_path):
     assert record["stage"] == "probe" and record["config"]["lr"] == 1e-3 and record["run"]["num_processes"] == 1
 
 
-def test_probe_loss_decreases_on_an_overfit_batch(tmp_path):
+@pytest.mark.parametrize("itm_text", ["pooled", "tokens"])
+def test_probe_loss_decreases_on_an_overfit_batch(tmp_path, itm_text):
     pipe = tiny_sd_pipeline()
     items = toy_items()[:2]
     config = probe_config(steps=40, lr=3e-3, timesteps=(100,), random_negatives=False, checkpoint_every=100)
-    train_probe(pipe, items, tmp_path / "run", config, progress=False)
+    config = probe_config(**{**config.to_dict(), "adapter_config": {**SMALL, "itm_text": itm_text}})
+    result = train_probe(pipe, items, tmp_path / "run", config, progress=False)
+    assert DiscriminativeAdapter.from_pretrained(result["adapter"]).config.itm_text == itm_text
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
 

@@ -50,8 +50,6 @@ import functools
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -64,6 +62,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
 from ...tokenizer import clip_tokenizer
+from . import runs
 from .captions import CATEGORIES
 from .dataset import make_dataset, make_example
 from .models import CLIP_BOS, CLIP_EOS, CLIP_VOCAB, MAX_POSITIONS, _seeded, count_parameters
@@ -665,35 +664,13 @@ def _train_step(state: _State, step: int) -> dict[str, float]:
     return {k: float(v.detach()) for k, v in out.items()}
 
 
-def _checkpoints(out_dir: Path) -> list[Path]:
-    root = out_dir / "checkpoints"
-    return sorted(root.glob("step-*")) if root.is_dir() else []
-
-
-def _save_checkpoint(out_dir: Path, state: _State):
-    root = out_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{state.step:07d}"
-    if final.exists():
-        return
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    torch.save(state.state_dict(), tmp / "state.pt")
-    (tmp / "config.json").write_text(json.dumps(state.config.to_dict(), indent=1))
-    os.replace(tmp, final)  # atomic: a reader sees no checkpoint or a complete one
-    for old in _checkpoints(out_dir)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old)
-
-
 def load_checkpoint(out_dir: str | os.PathLike) -> dict:
     """The newest checkpoint of `out_dir`: the dict `train_world_clip` saves (`step`, `model`, `opt`).
 
     Raises:
         FileNotFoundError: `out_dir` has no checkpoint.
     """
-    found = _checkpoints(Path(out_dir))
-    if not found:
-        raise FileNotFoundError(f"no checkpoint under {Path(out_dir) / 'checkpoints'}; run train_world_clip first.")
-    return torch.load(found[-1] / "state.pt", map_location="cpu", weights_only=True)
+    return runs.load_newest(out_dir, "train_world_clip")
 
 
 # Fields a resumed run may change without changing the weights of the steps already done. `steps` is not one:
@@ -701,34 +678,11 @@ def load_checkpoint(out_dir: str | os.PathLike) -> dict:
 RESUMABLE_FIELDS = ("checkpoint_every",)
 
 
-def _check_same_config(out_dir: Path, config: WorldClipConfig):
-    path = out_dir / "train_config.json"
-    if not path.exists():
-        return
-    saved, new = json.loads(path.read_text()), config.to_dict()
-    differing = sorted(k for k in set(saved) | set(new) if k not in RESUMABLE_FIELDS and saved.get(k) != new.get(k))
-    if differing:
-        detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {new.get(k)!r}" for k in differing)
-        raise ValueError(
-            f"`out_dir` {out_dir} holds a run with another configuration ({detail}); pass the same arguments to "
-            "resume it, or a new `out_dir`."
-        )
-
-
-def _model_step(path: Path) -> int | None:
-    marker = path / "train_step.json"
-    return json.loads(marker.read_text())["step"] if marker.exists() else None
-
-
 def _save_model(state: _State, path: Path):
-    """Write the model of `state` to `path` atomically (`save_pretrained`), with a `train_step.json` marker."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=path.parent))
-    state.model.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "train_step.json").write_text(json.dumps({"step": state.step}))
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    """Write the model of `state` to `path` atomically (`save_pretrained`), marked with its step."""
+    runs.save_output(
+        path, lambda folder: state.model.save_pretrained(folder, safe_serialization=True), {"step": state.step}
+    )
 
 
 def train_world_clip(
@@ -783,15 +737,13 @@ def train_world_clip(
     if stop_after is not None:
         _check_int("stop_after", stop_after, 1)
     out_dir = Path(out_dir)
-    _check_same_config(out_dir, config)  # before writing anything
+    runs.check_same_config(out_dir, config.to_dict(), RESUMABLE_FIELDS)  # before writing anything
     state = _State(config, device)
-    found = _checkpoints(out_dir)
-    if found:
-        state.load_state_dict(torch.load(found[-1] / "state.pt", map_location=device, weights_only=True))
+    if runs.checkpoints(out_dir):
+        state.load_state_dict(runs.load_newest(out_dir, "train_world_clip", map_location=device))
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".train_config.json.tmp"
-    tmp.write_text(json.dumps(config.to_dict(), indent=1))
-    os.replace(tmp, out_dir / "train_config.json")
+    runs.trim_log(out_dir / "log.jsonl", state.step)
+    runs.write_config(out_dir, config.to_dict())
     end = config.steps if stop_after is None else min(stop_after, config.steps)
     result = {"loss": None, "contrastive": None, "hard": None}
     made, seconds = 0, 0.0
@@ -808,13 +760,13 @@ def train_world_clip(
             bar.update(1)
             bar.set_postfix(loss=f"{result['loss']:.4f}", hard=f"{result['hard']:.4f}")
             if state.step % config.checkpoint_every == 0 or state.step == end:
-                _save_checkpoint(out_dir, state)
+                runs.save_checkpoint(out_dir, state.step, state.state_dict(), config.to_dict(), KEEP_CHECKPOINTS)
     bar.close()
     done = state.step >= config.steps
     model = None
     if done:
         model = out_dir / "model"
-        if _model_step(model) != state.step:
+        if runs.output_step(model) != state.step:
             _save_model(state, model)
     return {
         "step": state.step,

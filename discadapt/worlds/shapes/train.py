@@ -40,8 +40,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -56,6 +54,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ...tokenizer import clip_tokenizer
+from . import runs
 from .captions import CATEGORIES
 from .dataset import make_dataset, make_example
 from .models import (
@@ -275,66 +274,18 @@ class _State:
             self.vae.register_to_config(scaling_factor=self.scaling_factor)
 
 
-def _checkpoints(out_dir: Path) -> list[Path]:
-    root = out_dir / "checkpoints"
-    return sorted(root.glob("step-*")) if root.is_dir() else []
-
-
-def _save_checkpoint(out_dir: Path, state: _State):
-    root = out_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{state.step:07d}"
-    if final.exists():
-        return
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    torch.save(state.state_dict(), tmp / "state.pt")
-    (tmp / "config.json").write_text(json.dumps(state.config.to_dict(), indent=1))
-    os.replace(tmp, final)  # atomic: a reader sees no checkpoint or a complete one
-    for old in _checkpoints(out_dir)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old)
-
-
 def load_checkpoint(out_dir: str | os.PathLike) -> dict:
     """The newest checkpoint of `out_dir` (the dict `train_world` saves: step, models, optimizers, EMA, ...).
 
     Raises:
         FileNotFoundError: `out_dir` has no checkpoint.
     """
-    found = _checkpoints(Path(out_dir))
-    if not found:
-        raise FileNotFoundError(f"no checkpoint under {Path(out_dir) / 'checkpoints'}; run train_world first.")
-    return torch.load(found[-1] / "state.pt", weights_only=True)
+    return runs.load_newest(out_dir, "train_world")
 
 
 # Fields a resumed run may change: they do not alter the weights of the steps already done (the learning rate
 # is constant after warmup, so a longer `unet_steps` extends a run rather than changing it).
 RESUMABLE_FIELDS = ("checkpoint_every", "unet_steps")
-
-
-def _trim_log(path: Path, step: int):
-    """Drop log lines past `step` (steps redone after resuming from the checkpoint at `step` log again)."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
-
-
-def _check_same_config(out_dir: Path, config: WorldTrainConfig):
-    path = out_dir / "train_config.json"
-    if not path.exists():
-        return
-    saved, new = json.loads(path.read_text()), config.to_dict()
-    differing = sorted(k for k in set(saved) | set(new) if k not in RESUMABLE_FIELDS and saved.get(k) != new.get(k))
-    if differing:
-        detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {new.get(k)!r}" for k in differing)
-        raise ValueError(
-            f"`out_dir` {out_dir} holds a run with another configuration ({detail}); pass the same arguments to "
-            "resume it, or a new `out_dir`."
-        )
 
 
 # ---- Steps ------------------------------------------------------------------------------------------------------
@@ -428,24 +379,6 @@ def pipeline_from_state(state: _State) -> StableDiffusionPipeline:
     return pipe
 
 
-def _pipeline_step(path: Path) -> int | None:
-    marker = path / "train_step.json"
-    return json.loads(marker.read_text())["step"] if marker.exists() else None
-
-
-def _save_pipeline(state: _State, path: Path):
-    """Write the pipeline of `state` to `path` atomically, with a `train_step.json` marker."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".pipeline-", dir=path.parent))
-    pipeline_from_state(state).save_pretrained(tmp, safe_serialization=True)
-    (tmp / "train_step.json").write_text(
-        json.dumps({"step": state.step, "unet_steps": state.step - state.config.vae_steps})
-    )
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-
-
 def load_run(out_dir: str | os.PathLike, device: str = "cpu") -> _State:
     """The state (config, models, step, scale) of the newest checkpoint of the run in `out_dir`.
 
@@ -468,6 +401,15 @@ def export_pipeline(out_dir: str | os.PathLike, dest: str | os.PathLike, device:
     `load_run`)."""
     _save_pipeline(load_run(out_dir, device), Path(dest))
     return Path(dest)
+
+
+def _save_pipeline(state: _State, path: Path):
+    """Write the pipeline of `state` to `path` atomically, marked with its step."""
+    runs.save_output(
+        path,
+        lambda folder: pipeline_from_state(state).save_pretrained(folder, safe_serialization=True),
+        {"step": state.step, "unet_steps": state.step - state.config.vae_steps},
+    )
 
 
 # ---- Entry points -----------------------------------------------------------------------------------------------
@@ -526,9 +468,9 @@ def train_world(
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
         raise ValueError(f"`stop_after` is {stop_after!r}; pass an int >= 1 or None.")
     out_dir = Path(out_dir)
-    _check_same_config(out_dir, config)  # before writing anything
+    runs.check_same_config(out_dir, config.to_dict(), RESUMABLE_FIELDS)  # before writing anything
     state = _State(config, device)
-    found = _checkpoints(out_dir)
+    found = runs.checkpoints(out_dir)
     if found:
         state.load_state_dict(torch.load(found[-1] / "state.pt", map_location=device, weights_only=True))
     if state.step > config.total_steps:
@@ -537,10 +479,8 @@ def train_world(
             "steps; pass at least that many, or a new `out_dir`."
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    _trim_log(out_dir / "log.jsonl", state.step)
-    tmp = out_dir / ".train_config.json.tmp"
-    tmp.write_text(json.dumps(config.to_dict(), indent=1))
-    os.replace(tmp, out_dir / "train_config.json")
+    runs.trim_log(out_dir / "log.jsonl", state.step)
+    runs.write_config(out_dir, config.to_dict())
     end = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
     tokenizer, scheduler = clip_tokenizer(), noise_scheduler()
     result = {"vae_loss": None, "unet_loss": None, "vae_steps_per_s": None, "unet_steps_per_s": None}
@@ -566,7 +506,7 @@ def train_world(
             bar.update(1)
             bar.set_postfix(phase=phase, loss=f"{loss:.4f}")
             if state.step % config.checkpoint_every == 0 or state.step == end:
-                _save_checkpoint(out_dir, state)
+                runs.save_checkpoint(out_dir, state.step, state.state_dict(), config.to_dict(), KEEP_CHECKPOINTS)
     bar.close()
     for phase, (n, seconds) in timing.items():
         result[f"{phase}_steps_per_s"] = n / seconds if n else None
@@ -576,7 +516,7 @@ def train_world(
         if state.scaling_factor is None:  # cannot happen: unet_steps >= 1 measures it
             raise RuntimeError("finished without a latent scale")
         pipeline = out_dir / "pipeline"
-        if _pipeline_step(pipeline) != state.step:
+        if runs.output_step(pipeline) != state.step:
             _save_pipeline(state, pipeline)
     return {"step": state.step, "done": done, "pipeline": None if pipeline is None else str(pipeline), **result}
 

@@ -28,7 +28,15 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from .tokenizer import clip_tokenizer
 
-__all__ = ["unet_config", "REAL_UNET_CONFIGS", "sd_pipeline", "sdxl_pipeline", "tiny_sd_pipeline", "tiny_sdxl_pipeline"]
+__all__ = [
+    "unet_config",
+    "REAL_UNET_CONFIGS",
+    "assert_same_state",
+    "sd_pipeline",
+    "sdxl_pipeline",
+    "tiny_sd_pipeline",
+    "tiny_sdxl_pipeline",
+]
 
 # Architecture fields of the published UNet configs (stable-diffusion-v1-5, stable-diffusion-2-1,
 # stable-diffusion-xl-base-1.0); everything not listed is UNet2DConditionModel's default.
@@ -228,3 +236,20 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         norm_num_groups=16,
     )
     return sdxl_pipeline(unet, seed=seed, text_layers=2)
+
+
+def assert_same_state(a, b, path: str = "state") -> None:
+    """Assert that two nested dicts / lists / tuples of tensors and plain values are equal, tensors bit for bit
+    (`torch.equal`); the message names the first differing `path`, e.g. `state.unet.conv_in.weight`."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path

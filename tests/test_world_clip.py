@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import CLIPModel
 
+from discadapt.testing import assert_same_state
 from discadapt.tokenizer import clip_tokenizer
 from discadapt.worlds.shapes import CATEGORIES, KINDS, make_dataset, render
 from discadapt.worlds.shapes.clip import (
@@ -33,22 +34,6 @@ from discadapt.worlds.shapes.models import CLIP_BOS, CLIP_EOS, count_parameters
 TINY = dict(steps=3, batch_size=4, sizes=WorldClipSizes.tiny(), progress=False, warmup_steps=1)
 
 
-def _assert_same(a, b, path="state"):
-    """Recursive equality of nested dicts / lists of tensors and numbers."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            _assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
-
-
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """A tiny run of 3 steps without interruption."""
@@ -66,7 +51,7 @@ def test_model_is_seeded_sized_and_leaves_the_global_rng_alone():
     before = torch.get_rng_state()
     a, b = make_world_clip(WorldClipSizes.tiny(), seed=3), make_world_clip(WorldClipSizes.tiny(), seed=3)
     assert torch.equal(torch.get_rng_state(), before)
-    _assert_same(a.state_dict(), b.state_dict())
+    assert_same_state(a.state_dict(), b.state_dict())
     c = make_world_clip(WorldClipSizes.tiny(), seed=4)
     assert not torch.equal(
         a.vision_model.embeddings.patch_embedding.weight, c.vision_model.embeddings.patch_embedding.weight
@@ -219,7 +204,7 @@ def test_training_writes_a_loadable_model(straight, examples):
     assert json.loads((out / "model" / "train_step.json").read_text()) == {"step": 3}
     loaded = load_world_clip(out)
     assert isinstance(loaded, CLIPModel) and not loaded.training
-    _assert_same(dict(loaded.state_dict()), dict(load_checkpoint(out)["model"]))
+    assert_same_state(dict(loaded.state_dict()), dict(load_checkpoint(out)["model"]))
     data, images = examples
     texts = [e.caption.text for e in data]
     torch.testing.assert_close(clip_scores(loaded, images, texts), clip_scores(loaded, images, texts, batch_size=1))
@@ -233,12 +218,12 @@ def test_resume_reaches_the_same_weights(straight, tmp_path):
     assert first["step"] == 1 and not first["done"] and first["model"] is None
     assert not (tmp_path / "model").exists()
     partial = load_world_clip(tmp_path)  # an unfinished run: the newest checkpoint's weights
-    _assert_same(dict(partial.state_dict()), dict(load_checkpoint(tmp_path)["model"]))
+    assert_same_state(dict(partial.state_dict()), dict(load_checkpoint(tmp_path)["model"]))
     second = train_world_clip(tmp_path, **args)
     assert second["done"] and second["step"] == 3
     # the newest 2 are kept, no temporary folder is left behind
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000002", "step-0000003"]
-    _assert_same(load_checkpoint(tmp_path), load_checkpoint(straight[0]))  # model, optimizer and step
+    assert_same_state(load_checkpoint(tmp_path), load_checkpoint(straight[0]))  # model, optimizer and step
     assert second["loss"] == straight[1]["loss"]
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+from discadapt.testing import assert_same_state
 from discadapt.tokenizer import clip_tokenizer
 from discadapt.worlds.shapes.models import (
     CLIP_EOS,
@@ -38,22 +39,6 @@ TINY = dict(
 )
 
 
-def _assert_same(a, b, path="state"):
-    """Recursive equality of nested dicts / lists of tensors and numbers."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            _assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
-
-
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """A run of 3 VAE + 3 UNet steps without interruption."""
@@ -64,7 +49,7 @@ def straight(tmp_path_factory):
 def test_models_are_seeded_and_sized():
     sizes = ModelSizes.tiny()
     a, b = make_unet(sizes, seed=3), make_unet(sizes, seed=3)
-    _assert_same(a.state_dict(), b.state_dict())
+    assert_same_state(a.state_dict(), b.state_dict())
     assert not torch.equal(next(iter(make_unet(sizes, seed=4).parameters())), next(iter(a.parameters())))
     assert make_vae(sizes).config.block_out_channels == (16, 16, 16)  # downsampling 4: 32 -> 8
     assert make_unet(ModelSizes()).config.sample_size == 8
@@ -125,7 +110,7 @@ def test_resume_reaches_the_same_weights(straight, tmp_path, stop):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000004", "step-0000006"]
     resumed, uninterrupted = load_checkpoint(tmp_path), load_checkpoint(straight[0])
     resumed.pop("torch_rng"), uninterrupted.pop("torch_rng")  # the caller's global RNG, not used by training
-    _assert_same(resumed, uninterrupted)
+    assert_same_state(resumed, uninterrupted)
     assert second["unet_loss"] == straight[1]["unet_loss"]
     logged = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert logged == list(range(1, 7))  # each step logged once
@@ -140,7 +125,7 @@ def test_a_finished_run_extends_to_the_weights_of_a_longer_run(tmp_path):
     assert short["step"] == 6 and longer["step"] == straight["step"] == 7
     a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
     a.pop("torch_rng"), b.pop("torch_rng")
-    _assert_same(a, b)
+    assert_same_state(a, b)
     assert json.loads((tmp_path / "a" / "pipeline" / "train_step.json").read_text())["unet_steps"] == 4
     with pytest.raises(ValueError, match="`unet_steps` is 2, but .* already holds 4 UNet steps"):
         train_world(tmp_path / "a", **{**TINY, "unet_steps": 2})

@@ -91,15 +91,25 @@ def generate(args) -> int:
 
 
 def demo(args) -> int:
-    """`discadapt demo`: `worlds.shapes.demo.run_demo` on the bundled world or a `--pipeline` folder."""
+    """`discadapt demo`: `worlds.shapes.demo.run_demo` on the bundled world (with the rows of its bundled adapter)
+    or a `--pipeline` folder."""
     from .data import load_prompts
-    from .worlds.shapes.demo import run_demo
-    from .worlds.shapes.rows import probing_table
+    from .worlds.shapes.demo import FULL, QUICK, run_demo
+    from .worlds.shapes.rows import bundled_adapter, correction_methods, probing_table
 
     prompts = load_prompts(args.prompts) if args.prompts else None
-    tables = [] if args.no_probing else [probing_table(quick=args.quick)]
+    pipe, adapter, methods = args.pipeline, None, {}
+    if args.pipeline is None:
+        from .worlds.shapes.bundle import load_pipeline
+
+        pipe = load_pipeline(device=args.device)
+        adapter = bundled_adapter()
+    if adapter is not None and not args.no_correction:
+        steps = args.steps or (QUICK if args.quick else FULL)["steps"]
+        methods = correction_methods(pipe, adapter.to(args.device), steps, args.guidance)
+    tables = [] if args.no_probing else [probing_table(quick=args.quick, adapter=adapter)]
     run_demo(
-        args.pipeline,
+        pipe,
         args.out,
         quick=args.quick,
         categories=args.categories,
@@ -112,6 +122,7 @@ def demo(args) -> int:
         prompts=prompts,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        methods=methods,
         extra_tables=tables,
     )
     return 0
@@ -169,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--batch-size", type=int, default=50, help="images per pipeline call")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.add_argument("--no-probing", action="store_true", help="skip the hard-negative image-text matching table")
+    d.add_argument("--no-correction", action="store_true", help="skip the self-correction rows (bundled adapter)")
     d.set_defaults(func=demo)
 
     add_train_commands(sub)

@@ -204,7 +204,7 @@ class FeatureProbe:
     def describe(self, height: int | None = None, width: int | None = None, **unet_kwargs) -> dict[str, FeatureInfo]:
         """Channels and spatial size of each probed feature for latents of `height` x `width`.
 
-        Read from the model by one early-exit dry run at the smallest latent size the UNet accepts, so it
+        Read from the model by one early-exit dry run at a small latent size (2x2 at the deepest block), so it
         holds for any architecture and any module path.
 
         Args:
@@ -218,7 +218,8 @@ class FeatureProbe:
             height, width = default_h, width or default_w
         width = width or height
         if self._info is None:
-            size = 2 ** getattr(self.unet, "num_upsamplers", len(self.unet.down_blocks) - 1)
+            # 2x2 at the deepest level: a 1x1 map fails in GroupNorm when a group holds one channel
+            size = 2 ** (getattr(self.unet, "num_upsamplers", len(self.unet.down_blocks) - 1) + 1)
             inputs = {**_dummy_unet_inputs(self.unet, size, size), **unet_kwargs}
             probe = FeatureProbe(self.unet, self.layers, detach=True, early_exit=True)
             with torch.no_grad():

@@ -38,8 +38,10 @@ from safetensors.torch import load_file, save_file
 __all__ = [
     "WEIGHTS_DIR",
     "BundleError",
+    "bundle_adapter",
     "bundle_clip",
     "bundle_world",
+    "load_adapter",
     "load_clip",
     "load_pipeline",
     "read_bundle",
@@ -48,7 +50,12 @@ __all__ = [
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 _REBUILD = "discadapt world train --out RUN && discadapt world bundle RUN"
-REBUILD = {"world": _REBUILD, "clip": _REBUILD}
+REBUILD = {
+    "world": _REBUILD,
+    "clip": _REBUILD,
+    "adapter": 'discadapt probe --world --shapes N --out RUN && python -c "from discadapt.worlds.shapes.bundle '
+    "import bundle_adapter; bundle_adapter('RUN/adapter')\"",
+}
 _EMBEDDING = "embeddings.token_embedding.weight"  # CLIPTextModel state-dict key of the token embedding
 _CLIP_EMBEDDING = "text_model." + _EMBEDDING  # CLIPModel's
 
@@ -242,3 +249,30 @@ def load_clip(device: str | torch.device = "cpu", root: str | os.PathLike | None
     initial = model.state_dict()[_CLIP_EMBEDDING]
     model.load_state_dict(_dense_embedding(components["clip"], initial, _CLIP_EMBEDDING))
     return model.to(device).eval()
+
+
+def bundle_adapter(adapter_dir: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+    """Bundle a discriminative adapter trained on the bundled world (`save_pretrained` folder, e.g. the `adapter/`
+    of a `discadapt probe --world` run) as `weights/adapter`, recording the world bundle's step it was trained on."""
+    from ...adapter import DiscriminativeAdapter
+
+    adapter = DiscriminativeAdapter.from_pretrained(adapter_dir)
+    world = json.loads((WEIGHTS_DIR / "world" / "manifest.json").read_text()) if dest is None else {}
+    config = {k: v for k, v in adapter.config.items() if not k.startswith("_")}  # not _name_or_path etc.
+    manifest = {"kind": "adapter", "config": config, "world_step": world.get("step")}
+    return write_bundle(WEIGHTS_DIR / "adapter" if dest is None else dest, manifest, {"adapter": adapter.state_dict()})
+
+
+def load_adapter(device: str | torch.device = "cpu", root: str | os.PathLike | None = None):
+    """The bundled discriminative adapter of the world pipeline (`DiscriminativeAdapter`, eval mode), offline.
+
+    Raises:
+        BundleError: a missing or corrupt weight file (names it, and the command that rebuilds it).
+    """
+    from ...adapter import DiscriminativeAdapter
+
+    manifest, components = read_bundle("adapter", root)
+    config = {k: v for k, v in manifest["config"].items() if not k.startswith("_")}
+    adapter = DiscriminativeAdapter(**config)
+    adapter.load_state_dict(components["adapter"])
+    return adapter.to(device).eval()

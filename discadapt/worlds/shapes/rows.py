@@ -2,24 +2,37 @@
 
 - Probing table (`probing.hard_negative_table`): image-text matching against hard negatives on rendered held-out
   scenes, for the world CLIP (bundle "clip"), the pipeline's own denoising error (DiffusionITM, 10 timesteps) and
-  the probed discriminative adapter (bundle "adapter", when present).
+  the probed discriminative adapter (bundle "adapter").
+- Methods (`run_demo(methods=...)`): self-correction with the adapter, plain and low-overhead ("reuse") modes,
+  drawing the same prompts with the same seeds as the base row.
 
-Each row is measured the same way for every scorer (same examples, same negatives); a bundle that is missing is
-skipped with a note, so the demo runs at every stage of the project.
+A bundle that is missing is skipped, so the demo runs at every stage of the project.
 """
 
 from __future__ import annotations
 
-from .bundle import BundleError, load_clip
-from .probing import clip_scorer, denoising_scorer, hard_negative_table
+from .bundle import BundleError, load_adapter, load_clip
+from .demo import GUIDANCE, pipeline_method
+from .probing import adapter_scorer, clip_scorer, denoising_scorer, hard_negative_table
 
-__all__ = ["PROBING_EXAMPLES", "probing_table"]
+__all__ = ["ADAPTER_T", "CORRECTION", "PROBING_EXAMPLES", "bundled_adapter", "correction_methods", "probing_table"]
 
 PROBING_EXAMPLES = {"full": 100, "quick": 10}  # examples per category and held-out split
+ADAPTER_T = 250  # timestep at which the adapter scores rendered scenes (its evaluation timestep)
+CORRECTION = {"scale": 0.5, "stop": 0.6, "normalize": "unit"}  # self-correction settings of the demo rows
 
 
-def probing_table(quick: bool = False, root=None):
-    """A function `pipe -> bench.Table` (for `run_demo(extra_tables=...)`) of hard-negative ITM accuracy."""
+def bundled_adapter(root=None):
+    """The bundled adapter, or None when none is bundled."""
+    try:
+        return load_adapter(root=root)
+    except BundleError:
+        return None
+
+
+def probing_table(quick: bool = False, root=None, adapter=None):
+    """A function `pipe -> bench.Table` (for `run_demo(extra_tables=...)`) of hard-negative ITM accuracy for the
+    world CLIP (when bundled), the denoising score and `adapter` (when given)."""
 
     def table(pipe):
         scorers = {}
@@ -28,6 +41,22 @@ def probing_table(quick: bool = False, root=None):
         except BundleError:
             pass
         scorers["denoising error (10 t)"] = denoising_scorer(pipe)
+        if adapter is not None:
+            scorers[f"adapter ITM (t={ADAPTER_T})"] = adapter_scorer(pipe, adapter, t=ADAPTER_T)
         return hard_negative_table(scorers, n=PROBING_EXAMPLES["quick" if quick else "full"])
 
     return table
+
+
+def correction_methods(pipe, adapter, steps: int, guidance: float = GUIDANCE, **correction) -> dict:
+    """Demo rows `self-correction (plain)` and `self-correction (reuse)`: `pipe` wrapped by
+    `SelfCorrectingPipeline` with `adapter` and `CORRECTION` (overridden by `correction`)."""
+    from ...sampling import SelfCorrectingPipeline
+
+    settings = {**CORRECTION, **correction}
+    return {
+        f"self-correction ({mode})": pipeline_method(
+            SelfCorrectingPipeline.from_pipe(pipe, adapter, mode=mode, **settings), steps, guidance
+        )
+        for mode in ("plain", "reuse")
+    }

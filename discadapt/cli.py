@@ -95,18 +95,28 @@ def demo(args) -> int:
     or a `--pipeline` folder."""
     from .data import load_prompts
     from .worlds.shapes.demo import FULL, QUICK, run_demo
-    from .worlds.shapes.rows import bundled_adapter, correction_methods, probing_table
+    from .worlds.shapes.rows import (
+        bundled_adapter,
+        bundled_tuned_pipeline,
+        correction_methods,
+        probing_table,
+        tuned_methods,
+    )
 
     prompts = load_prompts(args.prompts) if args.prompts else None
-    pipe, adapter, methods = args.pipeline, None, {}
+    pipe, adapter, tuned, methods = args.pipeline, None, None, {}
+    steps = args.steps or (QUICK if args.quick else FULL)["steps"]
     if args.pipeline is None:
         from .worlds.shapes.bundle import load_pipeline
 
         pipe = load_pipeline(device=args.device)
         adapter = bundled_adapter()
+        adapter = None if adapter is None else adapter.to(args.device)
+        tuned = bundled_tuned_pipeline(args.device)
     if adapter is not None and not args.no_correction:
-        steps = args.steps or (QUICK if args.quick else FULL)["steps"]
-        methods = correction_methods(pipe, adapter.to(args.device), steps, args.guidance)
+        methods.update(correction_methods(pipe, adapter, steps, args.guidance))
+    if tuned is not None:
+        methods.update(tuned_methods(tuned, None if args.no_correction else adapter, steps, args.guidance))
     tables = [] if args.no_probing else [probing_table(quick=args.quick, adapter=adapter)]
     run_demo(
         pipe,

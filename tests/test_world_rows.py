@@ -55,3 +55,32 @@ def test_correction_rows_and_adapter_probing_row(world):
     assert np.array_equal(zero(["a red circle"], [3]), base)  # scale 0 is the base row, bit for bit
     table = probing_table(quick=True, adapter=adapter)(pipe)
     assert [row[0] for row in table.rows][-2:] == ["denoising error (10 t)", "adapter ITM (t=250)"]
+
+
+def test_lora_bundle_loads_fused_and_equals_diffusers_loading(world, tmp_path):
+    from discadapt.train import TuneConfig, add_lora, save_lora
+    from discadapt.worlds.shapes.bundle import bundle_lora, load_lora
+    from discadapt.worlds.shapes.demo import pipeline_method
+    from discadapt.worlds.shapes.rows import tuned_methods
+
+    pipe, adapter = world
+    tuned = StableDiffusionPipeline.from_pretrained(pipe.name_or_path, local_files_only=True)
+    add_lora(tuned.unet, TuneConfig(lora_rank=2, lora_alpha=4, adapter_config={"hidden_size": 32, "num_heads": 4}))
+    with torch.no_grad():
+        for name, param in tuned.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))  # a non-zero update
+    save_lora(tuned, tmp_path / "lora")
+    bundle_lora(tmp_path / "lora", tmp_path / "weights" / "lora")
+
+    reference = StableDiffusionPipeline.from_pretrained(pipe.name_or_path, local_files_only=True)
+    reference.load_lora_weights(tmp_path / "lora")
+    fused = load_lora(StableDiffusionPipeline.from_pretrained(pipe.name_or_path, local_files_only=True),
+                      root=tmp_path / "weights")  # fmt: skip
+    assert not any("lora" in name for name, _ in fused.unet.named_modules())
+    prompt, seed = ["a red circle"], [5]
+    want = pipeline_method(reference, 2, 4.0)(prompt, seed)
+    got = tuned_methods(fused, adapter, steps=2)
+    assert list(got) == ["tuned", "tuned + self-correction (reuse)"]
+    assert np.abs(got["tuned"](prompt, seed).astype(int) - want.astype(int)).max() <= 1  # fused: float rounding
+    assert not np.array_equal(want, pipeline_method(pipe, 2, 4.0)(prompt, seed))  # the LoRA changes the images

@@ -40,9 +40,11 @@ __all__ = [
     "BundleError",
     "bundle_adapter",
     "bundle_clip",
+    "bundle_lora",
     "bundle_world",
     "load_adapter",
     "load_clip",
+    "load_lora",
     "load_pipeline",
     "read_bundle",
     "write_bundle",
@@ -53,9 +55,10 @@ _REBUILD = "discadapt world train --out RUN && discadapt world bundle RUN"
 REBUILD = {
     "world": _REBUILD,
     "clip": _REBUILD,
-    "adapter": 'discadapt probe --world --shapes N --out RUN && python -c "from discadapt.worlds.shapes.bundle '
-    "import bundle_adapter; bundle_adapter('RUN/adapter')\"",
+    "adapter": "discadapt probe --world --shapes N --out RUN, then bundle.bundle_adapter('RUN/adapter')",
+    "lora": "discadapt tune --world --shapes N --out RUN, then bundle.bundle_lora('RUN/lora')",
 }
+_LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA weight name
 _EMBEDDING = "embeddings.token_embedding.weight"  # CLIPTextModel state-dict key of the token embedding
 _CLIP_EMBEDDING = "text_model." + _EMBEDDING  # CLIPModel's
 
@@ -68,22 +71,25 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_bundle(dest: str | os.PathLike, manifest: dict, components: dict[str, dict[str, torch.Tensor]]) -> Path:
-    """Write `components` (name -> state dict) as float16 safetensors plus `manifest.json` with their sha256,
-    atomically: a reader sees the old bundle or the new one, never a mix.
+def write_bundle(
+    dest: str | os.PathLike, manifest: dict, components: dict[str, dict[str, torch.Tensor]], half: bool = True
+) -> Path:
+    """Write `components` (name -> state dict) as safetensors plus `manifest.json` with their sha256, atomically:
+    a reader sees the old bundle or the new one, never a mix.
 
     Args:
         dest (str | PathLike): bundle folder (replaced).
         manifest (dict): JSON-ready description; `files` is added.
-        components (dict[str, dict[str, Tensor]]): floating tensors are stored as float16, others as they are.
+        components (dict[str, dict[str, Tensor]]): state dicts.
+        half (bool): store floating tensors as float16 (others as they are). Default True.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     files = {}
     for name, state in components.items():
-        half = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()}
-        save_file(half, tmp / f"{name}.safetensors")
+        stored = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()}
+        save_file(stored, tmp / f"{name}.safetensors")
         files[name] = _sha256(tmp / f"{name}.safetensors")
     (tmp / "manifest.json").write_text(json.dumps({**manifest, "files": files}, indent=1))
     for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors create them private
@@ -276,3 +282,33 @@ def load_adapter(device: str | torch.device = "cpu", root: str | os.PathLike | N
     adapter = DiscriminativeAdapter(**config)
     adapter.load_state_dict(components["adapter"])
     return adapter.to(device).eval()
+
+
+def bundle_lora(lora_dir: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+    """Bundle a stage-2 LoRA of the world pipeline (a `save_lora_weights` folder, e.g. the `lora/` of a
+    `discadapt tune --world` run) as `weights/lora`, in float32 with its diffusers metadata (rank, alpha)."""
+    from safetensors import safe_open
+
+    path = Path(lora_dir) / _LORA_FILE
+    with safe_open(path, framework="pt") as f:
+        metadata, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    world = json.loads((WEIGHTS_DIR / "world" / "manifest.json").read_text()) if dest is None else {}
+    manifest = {"kind": "lora", "metadata": metadata, "world_step": world.get("step")}
+    return write_bundle(WEIGHTS_DIR / "lora" if dest is None else dest, manifest, {"lora": tensors}, half=False)
+
+
+def load_lora(pipe, root: str | os.PathLike | None = None, fuse: bool = True):
+    """Load the bundled stage-2 LoRA into `pipe` (the bundled world pipeline) with `pipe.load_lora_weights`, and
+    by default fuse it into the UNet and drop the LoRA layers, so generation costs what the base pipeline's does.
+
+    Raises:
+        BundleError: a missing or corrupt weight file (names it, and the command that rebuilds it).
+    """
+    manifest, components = read_bundle("lora", root)
+    with tempfile.TemporaryDirectory() as tmp:  # diffusers reads the adapter metadata from the file's header
+        save_file(components["lora"], Path(tmp) / _LORA_FILE, metadata=manifest["metadata"])
+        pipe.load_lora_weights(tmp, weight_name=_LORA_FILE, adapter_name="tuned")
+    if fuse:
+        pipe.fuse_lora(components=["unet"])
+        pipe.unload_lora_weights()
+    return pipe

@@ -4,18 +4,30 @@
   scenes, for the world CLIP (bundle "clip"), the pipeline's own denoising error (DiffusionITM, 10 timesteps) and
   the probed discriminative adapter (bundle "adapter").
 - Methods (`run_demo(methods=...)`): self-correction with the adapter, plain and low-overhead ("reuse") modes,
-  drawing the same prompts with the same seeds as the base row.
+  and the stage-2 tuned pipeline (bundle "lora", fused), alone and with self-correction; every row draws the same
+  prompts with the same seeds as the base row.
 
 A bundle that is missing is skipped, so the demo runs at every stage of the project.
 """
 
 from __future__ import annotations
 
-from .bundle import BundleError, load_adapter, load_clip
+from pathlib import Path
+
+from .bundle import WEIGHTS_DIR, BundleError, load_adapter, load_clip, load_lora, load_pipeline
 from .demo import GUIDANCE, pipeline_method
 from .probing import adapter_scorer, clip_scorer, denoising_scorer, hard_negative_table
 
-__all__ = ["ADAPTER_T", "CORRECTION", "PROBING_EXAMPLES", "bundled_adapter", "correction_methods", "probing_table"]
+__all__ = [
+    "ADAPTER_T",
+    "CORRECTION",
+    "PROBING_EXAMPLES",
+    "bundled_adapter",
+    "bundled_tuned_pipeline",
+    "correction_methods",
+    "probing_table",
+    "tuned_methods",
+]
 
 PROBING_EXAMPLES = {"full": 100, "quick": 10}  # examples per category and held-out split
 ADAPTER_T = 250  # timestep at which the adapter scores rendered scenes (its evaluation timestep)
@@ -28,6 +40,13 @@ def bundled_adapter(root=None):
         return load_adapter(root=root)
     except BundleError:
         return None
+
+
+def bundled_tuned_pipeline(device="cpu", root=None):
+    """The bundled world pipeline with the bundled stage-2 LoRA fused, or None when no LoRA is bundled."""
+    if not (Path(WEIGHTS_DIR if root is None else root) / "lora" / "manifest.json").exists():
+        return None
+    return load_lora(load_pipeline(device=device, root=root), root=root)
 
 
 def probing_table(quick: bool = False, root=None, adapter=None):
@@ -60,3 +79,14 @@ def correction_methods(pipe, adapter, steps: int, guidance: float = GUIDANCE, **
         )
         for mode in ("plain", "reuse")
     }
+
+
+def tuned_methods(tuned, adapter=None, steps: int = 25, guidance: float = GUIDANCE) -> dict:
+    """Demo rows of the tuned pipeline `tuned` (LoRA fused): `tuned`, and with an adapter also
+    `tuned + self-correction (reuse)`."""
+    rows = {"tuned": pipeline_method(tuned, steps, guidance)}
+    if adapter is not None:
+        rows["tuned + self-correction (reuse)"] = correction_methods(tuned, adapter, steps, guidance)[
+            "self-correction (reuse)"
+        ]
+    return rows

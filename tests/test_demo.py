@@ -437,6 +437,6 @@ def test_cli_demo_bundled_world(pipe, tmp_path, capsys, monkeypatch):
     devices = []
     monkeypatch.setattr(bundle, "load_pipeline", lambda device="cpu", **kwargs: devices.append(device) or pipe)
     args = ["demo", "--out", str(tmp_path), "--categories", "two_objects", "--n-prompts", "1", "--steps", "1"]
-    args += ["--no-probing"]
+    args += ["--no-probing", "--no-correction"]
     assert main(args + ["--images-per-prompt", "1", "--no-progress"]) == 0
     assert devices == ["cpu"] and "two_objects" in capsys.readouterr().out

@@ -132,6 +132,10 @@ def test_write_bundle_replaces_atomically_and_stores_float16(tmp_path):
 def test_the_bundled_world_loads_offline():
     pipe = load_pipeline()
     assert load_clip().config.vision_config.image_size == 32
+    if (WEIGHTS_DIR / "adapter" / "manifest.json").exists():
+        from discadapt.worlds.shapes.bundle import load_adapter
+
+        load_adapter().check_pipeline(pipe)  # built for the bundled pipeline's UNet
     assert type(pipe).__name__ == "StableDiffusionPipeline" and pipe.unet.config.sample_size == 8
     size = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
     assert size <= 25 * 2**20  # all bundled weights

@@ -64,7 +64,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 from ...tokenizer import clip_tokenizer
 from . import runs
 from .captions import CATEGORIES
-from .dataset import make_dataset, make_example
+from .dataset import check_category_weights, draw_categories, make_dataset, make_example
 from .models import CLIP_BOS, CLIP_EOS, CLIP_VOCAB, MAX_POSITIONS, _seeded, count_parameters
 from .negatives import KINDS
 from .palette import check_choice, check_image_size
@@ -241,14 +241,7 @@ class WorldClipConfig:
                 raise ValueError(f"`{name}` is {value!r}; pass a float >= 0.")
         if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature <= 1):
             raise ValueError(f"`temperature` is {self.temperature!r}; pass a float in (0, 1], e.g. 0.07.")
-        weights = self.category_weights
-        if not isinstance(weights, dict) or not weights:
-            raise ValueError(f"`category_weights` is {weights!r}; pass a dict of category -> weight.")
-        unknown = sorted(set(weights) - set(CATEGORIES))
-        if unknown:
-            raise ValueError(f"`category_weights` names {unknown}; pick among {', '.join(CATEGORIES)}.")
-        if any(not w >= 0 for w in weights.values()) or not sum(weights.values()) > 0:
-            raise ValueError(f"`category_weights` is {weights!r}; pass weights >= 0, not all 0.")
+        check_category_weights(self.category_weights)
         if not isinstance(self.sizes, WorldClipSizes):
             raise ValueError(f"`sizes` is {self.sizes!r}; pass a WorldClipSizes.")
 
@@ -579,11 +572,9 @@ def world_clip_loss(
 def _examples(config: WorldClipConfig, step: int):
     """The examples of `step` and, per example, the indices of the hard negatives it brings."""
     rng = np.random.default_rng((config.seed, _PHASE_SEED, step))
-    names = list(config.category_weights)
-    p = np.array([config.category_weights[c] for c in names], dtype=float)
-    cats = rng.choice(len(names), size=config.batch_size, p=p / p.sum())
+    cats = draw_categories(rng, config.category_weights, config.batch_size)
     examples = [
-        make_example((config.seed, _PHASE_SEED, step, i), names[c], "train", image_size=config.sizes.image_size)
+        make_example((config.seed, _PHASE_SEED, step, i), c, "train", image_size=config.sizes.image_size)
         for i, c in enumerate(cats)
     ]
     chosen = []

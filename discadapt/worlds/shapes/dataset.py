@@ -44,7 +44,7 @@ from .scenes import BACKGROUNDS, MAX_OBJECTS, Obj, Scene, place_objects
 from .semantics import SAFETY_MARGIN, evaluate, in_relation
 from .splits import SPLITS, HeldOut, canonical_triple, held_out
 
-__all__ = ["Example", "make_dataset", "make_example"]
+__all__ = ["Example", "check_category_weights", "draw_categories", "make_dataset", "make_example"]
 
 _ALL_KINDS = [(c, s) for c in COLORS for s in SHAPES]
 _RELATIONS = ("left of", "right of", "above", "below")
@@ -260,3 +260,21 @@ def make_dataset(
     return [
         make_example((seed, index, i), categories[i % len(categories)], split, **kwargs) for i in range(num_examples)
     ]
+
+
+def check_category_weights(weights) -> None:
+    """Raise a ValueError unless `weights` maps known caption categories to weights >= 0, not all 0."""
+    if not isinstance(weights, dict) or not weights:
+        raise ValueError(f"`category_weights` is {weights!r}; pass a dict of category -> weight.")
+    unknown = sorted(set(weights) - set(CATEGORIES))
+    if unknown:
+        raise ValueError(f"`category_weights` names {unknown}; pick among {', '.join(CATEGORIES)}.")
+    if any(not w >= 0 for w in weights.values()) or not sum(weights.values()) > 0:
+        raise ValueError(f"`category_weights` is {weights!r}; pass weights >= 0, not all 0.")
+
+
+def draw_categories(rng: np.random.Generator, weights: dict[str, float], n: int) -> list[str]:
+    """`n` caption categories drawn from `rng` in proportion to `weights` (the trainers' category mix)."""
+    names = list(weights)
+    p = np.array([weights[c] for c in names], dtype=float)
+    return [names[i] for i in rng.choice(len(names), size=n, p=p / p.sum())]

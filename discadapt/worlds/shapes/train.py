@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from ...tokenizer import clip_tokenizer
 from . import runs
 from .captions import CATEGORIES
-from .dataset import make_dataset, make_example
+from .dataset import check_category_weights, draw_categories, make_dataset, make_example
 from .models import (
     ModelSizes,
     make_text_encoder,
@@ -162,14 +162,7 @@ class WorldTrainConfig:
         for name in ("caption_dropout", "ema_decay"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"`{name}` is {getattr(self, name)!r}; pass a float in [0, 1).")
-        weights = self.category_weights
-        if not isinstance(weights, dict) or not weights:
-            raise ValueError(f"`category_weights` is {weights!r}; pass a dict of category -> weight.")
-        unknown = sorted(set(weights) - set(CATEGORIES))
-        if unknown:
-            raise ValueError(f"`category_weights` names {unknown}; pick among {', '.join(CATEGORIES)}.")
-        if any(not w >= 0 for w in weights.values()) or not sum(weights.values()) > 0:
-            raise ValueError(f"`category_weights` is {weights!r}; pass weights >= 0, not all 0.")
+        check_category_weights(self.category_weights)
         if not isinstance(self.sizes, ModelSizes):
             raise ValueError(f"`sizes` is {self.sizes!r}; pass a ModelSizes.")
 
@@ -197,12 +190,10 @@ class WorldTrainConfig:
 def _batch(config: WorldTrainConfig, phase: str, step: int, n: int):
     """The `n` examples of `phase` at `step`: images (n, 3, S, S) in [-1, 1] and caption texts."""
     rng = np.random.default_rng((config.seed, _PHASE_SEEDS[phase], step))
-    names = list(config.category_weights)
-    p = np.array([config.category_weights[c] for c in names], dtype=float)
-    cats = rng.choice(len(names), size=n, p=p / p.sum())
+    cats = draw_categories(rng, config.category_weights, n)
     size = config.sizes.image_size
     examples = [
-        make_example((config.seed, _PHASE_SEEDS[phase], step, i), names[c], "train", image_size=size)
+        make_example((config.seed, _PHASE_SEEDS[phase], step, i), c, "train", image_size=size)
         for i, c in enumerate(cats)
     ]
     images = np.stack([render(e.scene) for e in examples])  # (n, S, S, 3) uint8

@@ -13,6 +13,7 @@ discadapt world bundle RUN                    bundle them into the package
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from .train.commands import add_commands as add_train_commands
@@ -95,29 +96,20 @@ def demo(args) -> int:
     or a `--pipeline` folder."""
     from .data import load_prompts
     from .worlds.shapes.demo import FULL, QUICK, run_demo
-    from .worlds.shapes.rows import (
-        bundled_adapter,
-        bundled_tuned_pipeline,
-        correction_methods,
-        probing_table,
-        tuned_methods,
-    )
+    from .worlds.shapes.rows import demo_rows, probing_table
 
     prompts = load_prompts(args.prompts) if args.prompts else None
-    pipe, adapter, tuned, methods = args.pipeline, None, None, {}
     steps = args.steps or (QUICK if args.quick else FULL)["steps"]
-    if args.pipeline is None:
+    if args.pipeline is None:  # the bundled world, with the rows of every bundled model
         from .worlds.shapes.bundle import load_pipeline
 
         pipe = load_pipeline(device=args.device)
-        adapter = bundled_adapter()
-        adapter = None if adapter is None else adapter.to(args.device)
-        tuned = bundled_tuned_pipeline(args.device)
-    if adapter is not None and not args.no_correction:
-        methods.update(correction_methods(pipe, adapter, steps, args.guidance))
-    if tuned is not None:
-        methods.update(tuned_methods(tuned, None if args.no_correction else adapter, steps, args.guidance))
-    tables = [] if args.no_probing else [probing_table(quick=args.quick, adapter=adapter)]
+        methods, tables = demo_rows(
+            pipe, steps, args.guidance, args.quick, not args.no_correction, not args.no_probing, args.device
+        )
+    else:
+        pipe, methods = args.pipeline, {}
+        tables = [] if args.no_probing else [probing_table(quick=args.quick)]
     run_demo(
         pipe,
         args.out,
@@ -145,7 +137,16 @@ def _add_pipeline_source(parser) -> None:
     source.add_argument("--world", action="store_true", help="the bundled shapes-world pipeline")
 
 
+def _quiet_torchvision_fallback() -> None:
+    """Drop transformers' notice that its image processors fall back to PIL without torchvision: discadapt keeps
+    torchvision out on purpose (README, install notes), and diffusers' imports trigger the notice on every command."""
+    logging.getLogger("transformers.utils.import_utils").addFilter(
+        lambda record: "requires torchvision (not installed)" not in record.getMessage()
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_torchvision_fallback()
     parser = argparse.ArgumentParser(
         prog="discadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

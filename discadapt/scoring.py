@@ -29,7 +29,7 @@ from .adapter import DiscriminativeAdapter
 from .probe import FeatureProbe
 from .text import TextEmbeddings, encode_text, get_unet, unet_text_kwargs
 
-__all__ = ["itm_score", "denoising_score", "adapter_itm_logits", "encode_images", "default_timesteps"]
+__all__ = ["itm_score", "denoising_score", "adapter_itm_logits", "encode_images", "default_timesteps", "add_noise"]
 
 
 def encode_images(pipe, images) -> torch.Tensor:
@@ -106,8 +106,9 @@ def _schedule(pipe) -> tuple[torch.Tensor, str]:
     return abar, pipe.scheduler.config.prediction_type
 
 
-def _add_noise(abar: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, for one timestep per sample."""
+def add_noise(abar: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, for one timestep per sample: the training forward process
+    from `abar = scheduler.alphas_cumprod`, whatever the sampler (Euler's `add_noise`, for one, scales by sigma)."""
     a = abar.to(x0.device)[t].to(x0.dtype)[:, None, None, None]
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
@@ -130,7 +131,7 @@ def _noised(pipe, latents, ts, noise, batch_size, progress, desc):
         for k, step in enumerate(ts):
             step_b = step.to(x0.device).expand(x0.shape[0])
             eps = noise[k].expand_as(x0)
-            yield part, x0, step_b, eps, _add_noise(abar, x0, eps, step_b)
+            yield part, x0, step_b, eps, add_noise(abar, x0, eps, step_b)
 
 
 def adapter_itm_logits(pipe, adapter: DiscriminativeAdapter, probe: FeatureProbe, model_input, t, text: TextEmbeddings):
@@ -227,7 +228,7 @@ def denoising_score(
             if prediction_type == "epsilon":
                 target = eps
             elif prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x_0
-                target = _add_noise(abar, eps, -x0, step)
+                target = add_noise(abar, eps, -x0, step)
             else:
                 target = x0
             for sign, text in zip((-1.0, 1.0), texts):  # - conditional error [+ unconditional error]

@@ -33,5 +33,9 @@ def test_world_train_errors(tmp_path, capsys):
     assert "another configuration (seed: saved 0, now 3)" in capsys.readouterr().err
     assert main(["world", "bundle", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint under" in capsys.readouterr().err
+    assert main(["world", "bundle", "--tune", str(tmp_path)]) == 2
+    assert f"{tmp_path / 'lora'} is missing: has that run finished? Nothing was bundled." in capsys.readouterr().err
+    assert main(["world", "bundle"]) == 2
+    assert "needs a world RUN folder, --probe RUN or --tune RUN" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["world", "train"])  # --out is required

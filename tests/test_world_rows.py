@@ -1,28 +1,41 @@
-"""The demo's rows from bundled models: the adapter bundle, its probing row and the self-correction rows."""
+"""The demo's rows from bundled models: adapter and LoRA bundles, probing tables, self-correction and tuned rows."""
 
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 
 from discadapt import DiscriminativeAdapter
-from discadapt.worlds.shapes.bundle import BundleError, bundle_adapter, load_adapter
+from discadapt.worlds.shapes.bundle import BundleError, bundle_adapter, bundle_world, load_adapter, load_pipeline
 from discadapt.worlds.shapes.models import ModelSizes
 from discadapt.worlds.shapes.rows import bundled_adapter, correction_methods, probing_table
 from discadapt.worlds.shapes.train import train_world
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("world")
-    result = train_world(
+def world_root(tmp_path_factory):
+    """A weights root holding a tiny trained world bundle."""
+    out, root = tmp_path_factory.mktemp("world"), tmp_path_factory.mktemp("weights")
+    train_world(
         out, vae_steps=2, unet_steps=2, batch_size=2, vae_batch_size=2, sizes=ModelSizes.tiny(), progress=False,
         scale_examples=16,
     )  # fmt: skip
-    pipe = StableDiffusionPipeline.from_pretrained(result["pipeline"], local_files_only=True)
+    bundle_world(out, root / "world")
+    return root
+
+
+def _pipe(root):
+    pipe = load_pipeline(root=root)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def world(world_root):
+    pipe = _pipe(world_root)
     adapter = DiscriminativeAdapter.for_pipeline(pipe, layers=["up_blocks.1"], hidden_size=32, num_heads=4,
                                                  itm_text="tokens")  # fmt: skip
     return pipe, adapter
@@ -39,6 +52,10 @@ def test_adapter_bundle_round_trip(world, tmp_path):
     assert bundled_adapter(root=tmp_path / "weights") is not None and bundled_adapter(root=tmp_path) is None
     with pytest.raises(BundleError, match="adapter/manifest.json is missing.*discadapt probe --world"):
         load_adapter(root=tmp_path)
+    bundle_adapter(tmp_path / "saved", tmp_path / "weights" / "tuned_adapter")
+    assert bundled_adapter(root=tmp_path / "weights", name="tuned_adapter") is not None
+    with pytest.raises(BundleError, match="tuned_adapter/manifest.json is missing.*discadapt tune --world"):
+        load_adapter(root=tmp_path, name="tuned_adapter")
 
 
 def test_correction_rows_and_adapter_probing_row(world):
@@ -57,30 +74,75 @@ def test_correction_rows_and_adapter_probing_row(world):
     assert [row[0] for row in table.rows][-2:] == ["denoising error (10 t)", "adapter ITM (t=250)"]
 
 
-def test_lora_bundle_loads_fused_and_equals_diffusers_loading(world, tmp_path):
+def test_adapter_table_pools_evaluate_adapter(world):
+    from discadapt.train import evaluate_adapter
+    from discadapt.worlds.shapes.adapter_data import ShapeWorldItems
+    from discadapt.worlds.shapes.probing import adapter_table
+
+    pipe, adapter = world
+    table = adapter_table({"probe": (pipe, adapter)}, n=10, t=100, splits=["test_id", "test_ood"])
+    want = {"itm_text": [0, 0], "itm_image": [0, 0], "rec": [0, 0]}
+    for split in ("test_id", "test_ood"):
+        found = evaluate_adapter(pipe, adapter, ShapeWorldItems(10, split=split), timesteps=[100])["all"]
+        for kind, (hits, total) in want.items():
+            want[kind] = [hits + round(found[kind] * found[f"n_{kind}"]), total + found[f"n_{kind}"]]
+    assert table.rows[0][0] == "probe" and len(table.rows[0]) == 4
+    for cell, (hits, total) in zip(table.rows[0][1:], want.values()):
+        assert cell.startswith(f"{hits / total:.3f} [")
+
+
+def test_lora_bundle_tuned_rows_and_demo_rows(world_root, world, tmp_path):
     from discadapt.train import TuneConfig, add_lora, save_lora
     from discadapt.worlds.shapes.bundle import bundle_lora, load_lora
     from discadapt.worlds.shapes.demo import pipeline_method
-    from discadapt.worlds.shapes.rows import tuned_methods
+    from discadapt.worlds.shapes.rows import demo_rows, tuned_methods
 
     pipe, adapter = world
-    tuned = StableDiffusionPipeline.from_pretrained(pipe.name_or_path, local_files_only=True)
+    root = tmp_path / "weights"
+    shutil.copytree(world_root / "world", root / "world")
+    tuned = _pipe(root)
     add_lora(tuned.unet, TuneConfig(lora_rank=2, lora_alpha=4, adapter_config={"hidden_size": 32, "num_heads": 4}))
     with torch.no_grad():
         for name, param in tuned.unet.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))  # a non-zero update
     save_lora(tuned, tmp_path / "lora")
-    bundle_lora(tmp_path / "lora", tmp_path / "weights" / "lora")
+    bundle_lora(tmp_path / "lora", root / "lora")
 
-    reference = StableDiffusionPipeline.from_pretrained(pipe.name_or_path, local_files_only=True)
+    reference = _pipe(root)
     reference.load_lora_weights(tmp_path / "lora")
-    fused = load_lora(StableDiffusionPipeline.from_pretrained(pipe.name_or_path, local_files_only=True),
-                      root=tmp_path / "weights")  # fmt: skip
+    fused = load_lora(_pipe(root), root=root)
     assert not any("lora" in name for name, _ in fused.unet.named_modules())
     prompt, seed = ["a red circle"], [5]
     want = pipeline_method(reference, 2, 4.0)(prompt, seed)
     got = tuned_methods(fused, adapter, steps=2)
-    assert list(got) == ["tuned", "tuned + self-correction (reuse)"]
+    assert list(got) == ["tuned", "tuned + self-correction (plain)", "tuned + self-correction (reuse)"]
     assert np.abs(got["tuned"](prompt, seed).astype(int) - want.astype(int)).max() <= 1  # fused: float rounding
     assert not np.array_equal(want, pipeline_method(pipe, 2, 4.0)(prompt, seed))  # the LoRA changes the images
+
+    # every bundle present: the demo gets all rows and both tables
+    adapter.save_pretrained(tmp_path / "adapter")
+    for name in ("adapter", "tuned_adapter"):
+        bundle_adapter(tmp_path / "adapter", root / name)
+    base = _pipe(root)
+    methods, tables = demo_rows(base, steps=2, quick=True, root=root)
+    assert list(methods) == [
+        "self-correction (plain)",
+        "self-correction (reuse)",
+        "tuned",
+        "tuned + self-correction (plain)",
+        "tuned + self-correction (reuse)",
+    ]
+    assert methods["tuned"](["a red circle"], [5]).shape == (1, 32, 32, 3)
+    probing, discrimination = (table(base) for table in tables)
+    assert [row[0] for row in probing.rows] == [
+        "denoising error (10 t)",
+        "adapter ITM (t=250)",
+        "tuned: denoising error (10 t)",
+        "tuned: adapter ITM (t=250)",
+    ]  # no world CLIP bundled in this root
+    assert [row[0] for row in discrimination.rows] == ["stage 1, base model", "stage 2, tuned model"]
+    # no bundles but the world: no rows, and no adapter table
+    shutil.rmtree(root / "lora"), shutil.rmtree(root / "adapter")
+    methods, tables = demo_rows(base, steps=2, quick=True, root=root)
+    assert methods == {} and len(tables) == 1

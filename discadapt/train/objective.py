@@ -23,7 +23,7 @@ from torch import nn
 from ..adapter import AdapterOutput, DiscriminativeAdapter
 from ..losses import RECLoss, denoising_loss, in_batch_loss, multiple_choice_loss
 from ..probe import FeatureProbe
-from ..scoring import _add_noise
+from ..scoring import add_noise
 from ..text import TextEmbeddings, get_unet, unet_text_kwargs
 from .config import TrainConfig, TuneConfig
 from .data import Batch
@@ -64,7 +64,7 @@ def pair_outputs(
     for start in range(0, len(pairs), size):
         image, txt, sample = pairs[start : start + size].unbind(1)  # (p,) each
         t = timesteps[sample]
-        x_t = _add_noise(abar, latents[image], noise[sample].to(latents.dtype), t)  # (p, C, h, w)
+        x_t = add_noise(abar, latents[image], noise[sample].to(latents.dtype), t)  # (p, C, h, w)
         sub = text.index(txt)
         with torch.set_grad_enabled(unet_grad and torch.is_grad_enabled()):
             feats = probe(x_t, t, sub.encoder_hidden_states, **unet_text_kwargs(pipe, sub, x_t))
@@ -172,7 +172,7 @@ class Objective(nn.Module):
         x0 = latents[batch.denoise_images]  # (B_c, C, h, w)
         noise = batch.denoise_noise.to(x0.dtype)
         t = batch.denoise_timesteps
-        x_t = _add_noise(self.pipe.scheduler.alphas_cumprod, x0, noise, t)
+        x_t = add_noise(self.pipe.scheduler.alphas_cumprod, x0, noise, t)
         sub = text.index(batch.denoise_texts)
         pred = self.unet(x_t, t, sub.encoder_hidden_states, **unet_text_kwargs(self.pipe, sub, x_t)).sample
         return denoising_loss(pred, x0, noise, t, self.pipe.scheduler, snr_gamma=self.config.snr_gamma)

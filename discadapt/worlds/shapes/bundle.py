@@ -55,8 +55,9 @@ _REBUILD = "discadapt world train --out RUN && discadapt world bundle RUN"
 REBUILD = {
     "world": _REBUILD,
     "clip": _REBUILD,
-    "adapter": "discadapt probe --world --shapes N --out RUN, then bundle.bundle_adapter('RUN/adapter')",
-    "lora": "discadapt tune --world --shapes N --out RUN, then bundle.bundle_lora('RUN/lora')",
+    "adapter": "discadapt probe --world --out RUN && discadapt world bundle --probe RUN",
+    "lora": "discadapt tune --world --out RUN && discadapt world bundle --tune RUN",
+    "tuned_adapter": "discadapt tune --world --out RUN && discadapt world bundle --tune RUN",
 }
 _LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA weight name
 _EMBEDDING = "embeddings.token_embedding.weight"  # CLIPTextModel state-dict key of the token embedding
@@ -257,27 +258,31 @@ def load_clip(device: str | torch.device = "cpu", root: str | os.PathLike | None
     return model.to(device).eval()
 
 
-def bundle_adapter(adapter_dir: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+def bundle_adapter(
+    adapter_dir: str | os.PathLike, dest: str | os.PathLike | None = None, name: str = "adapter"
+) -> Path:
     """Bundle a discriminative adapter trained on the bundled world (`save_pretrained` folder, e.g. the `adapter/`
-    of a `discadapt probe --world` run) as `weights/adapter`, recording the world bundle's step it was trained on."""
+    of a `discadapt probe --world` run) as `weights/<name>`, recording the world bundle's step it was trained on.
+    `name` is "adapter" for the stage-1 adapter, "tuned_adapter" for the one trained with the stage-2 LoRA."""
     from ...adapter import DiscriminativeAdapter
 
     adapter = DiscriminativeAdapter.from_pretrained(adapter_dir)
     world = json.loads((WEIGHTS_DIR / "world" / "manifest.json").read_text()) if dest is None else {}
     config = {k: v for k, v in adapter.config.items() if not k.startswith("_")}  # not _name_or_path etc.
     manifest = {"kind": "adapter", "config": config, "world_step": world.get("step")}
-    return write_bundle(WEIGHTS_DIR / "adapter" if dest is None else dest, manifest, {"adapter": adapter.state_dict()})
+    return write_bundle(WEIGHTS_DIR / name if dest is None else dest, manifest, {"adapter": adapter.state_dict()})
 
 
-def load_adapter(device: str | torch.device = "cpu", root: str | os.PathLike | None = None):
-    """The bundled discriminative adapter of the world pipeline (`DiscriminativeAdapter`, eval mode), offline.
+def load_adapter(device: str | torch.device = "cpu", root: str | os.PathLike | None = None, name: str = "adapter"):
+    """The bundled discriminative adapter of the world pipeline (`DiscriminativeAdapter`, eval mode), offline:
+    bundle `name`, "adapter" (stage 1, reads the base UNet) or "tuned_adapter" (stage 2, reads the tuned UNet).
 
     Raises:
         BundleError: a missing or corrupt weight file (names it, and the command that rebuilds it).
     """
     from ...adapter import DiscriminativeAdapter
 
-    manifest, components = read_bundle("adapter", root)
+    manifest, components = read_bundle(name, root)
     config = {k: v for k, v in manifest["config"].items() if not k.startswith("_")}
     adapter = DiscriminativeAdapter(**config)
     adapter.load_state_dict(components["adapter"])
@@ -298,7 +303,7 @@ def bundle_lora(lora_dir: str | os.PathLike, dest: str | os.PathLike | None = No
 
 
 def load_lora(pipe, root: str | os.PathLike | None = None, fuse: bool = True):
-    """Load the bundled stage-2 LoRA into `pipe` (the bundled world pipeline) with `pipe.load_lora_weights`, and
+    """Load the bundled stage-2 LoRA into `pipe` (the bundled world pipeline) as `pipe.load_lora_weights` does, and
     by default fuse it into the UNet and drop the LoRA layers, so generation costs what the base pipeline's does.
 
     Raises:
@@ -307,7 +312,8 @@ def load_lora(pipe, root: str | os.PathLike | None = None, fuse: bool = True):
     manifest, components = read_bundle("lora", root)
     with tempfile.TemporaryDirectory() as tmp:  # diffusers reads the adapter metadata from the file's header
         save_file(components["lora"], Path(tmp) / _LORA_FILE, metadata=manifest["metadata"])
-        pipe.load_lora_weights(tmp, weight_name=_LORA_FILE, adapter_name="tuned")
+        # the UNet's loader (the LoRA has no text-encoder part), as `load_lora_weights` would call it
+        pipe.unet.load_lora_adapter(tmp, prefix="unet", weight_name=_LORA_FILE, adapter_name="tuned")
     if fuse:
         pipe.fuse_lora(components=["unet"])
         pipe.unload_lora_weights()

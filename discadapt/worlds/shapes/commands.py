@@ -3,6 +3,8 @@
 discadapt world train --out RUN [--seed 0] [--steps N]   train (or resume) the world's models: RUN/world (the
                                                         text-to-image pipeline), then RUN/clip (the world CLIP)
 discadapt world bundle RUN                              bundle RUN's models into the package
+discadapt world bundle --probe RUN                      bundle the adapter of a `discadapt probe --world` run
+discadapt world bundle --tune RUN                       bundle the LoRA and adapter of a `discadapt tune --world` run
 """
 
 from __future__ import annotations
@@ -47,11 +49,26 @@ def _train(args) -> int:
 
 
 def _bundle(args) -> int:
-    from .bundle import bundle_clip, bundle_world
+    from functools import partial
 
-    for name, bundle in (("world", bundle_world), ("clip", bundle_clip)):
-        path = bundle(Path(args.run) / name, None if args.dest is None else Path(args.dest) / name)
-        print(f"bundled {path}")
+    from .bundle import bundle_adapter, bundle_clip, bundle_lora, bundle_world
+
+    if not (args.run or args.probe or args.tune):
+        raise ValueError("`discadapt world bundle` needs a world RUN folder, --probe RUN or --tune RUN.")
+    for run, parts in ((args.probe, ("adapter",)), (args.tune, ("lora", "adapter"))):
+        for part in parts if run else ():
+            if not (Path(run) / part).is_dir():
+                raise FileNotFoundError(f"{Path(run) / part} is missing: has that run finished? Nothing was bundled.")
+    jobs = []  # (bundle name, source folder, bundling function)
+    if args.run:
+        jobs += [("world", Path(args.run) / "world", bundle_world), ("clip", Path(args.run) / "clip", bundle_clip)]
+    if args.probe:
+        jobs.append(("adapter", Path(args.probe) / "adapter", bundle_adapter))
+    if args.tune:
+        jobs.append(("lora", Path(args.tune) / "lora", bundle_lora))
+        jobs.append(("tuned_adapter", Path(args.tune) / "adapter", partial(bundle_adapter, name="tuned_adapter")))
+    for name, source, bundle in jobs:
+        print(f"bundled {bundle(source, None if args.dest is None else Path(args.dest) / name)}")
     return 0
 
 
@@ -71,7 +88,9 @@ def add_commands(subparsers) -> None:
     train.add_argument("--tiny", action="store_true", help="tiny models (tests)")
     train.set_defaults(func=_train)
 
-    bundle = commands.add_parser("bundle", help="bundle a run's newest checkpoints into the package")
-    bundle.add_argument("run", help="a `discadapt world train` folder")
+    bundle = commands.add_parser("bundle", help="bundle trained runs' models into the package")
+    bundle.add_argument("run", nargs="?", help="a `discadapt world train` folder (the world pipeline and CLIP)")
+    bundle.add_argument("--probe", help="a finished `discadapt probe --world` folder (its adapter)")
+    bundle.add_argument("--tune", help="a finished `discadapt tune --world` folder (its LoRA and adapter)")
     bundle.add_argument("--dest", default=None, help="weights root (default: the package's weights/ folder)")
     bundle.set_defaults(func=_bundle)

@@ -8,6 +8,9 @@ evaluation; chance is 1 / (1 + number of negatives), 20-50% here). Any scorer `(
 pairs plugs in: the world CLIP (`clip_scorer`), the diffusion model's own denoising error (`denoising_scorer`,
 DiffusionITM), and the discriminative adapter (`adapter_scorer`).
 
+`adapter_table` adds what only the adapter does: image-side ITM (the scene edited to make a hard negative true, as
+the second image) and REC at IoU >= 0.5 on held-out referring expressions (`discadapt.train.evaluate_adapter`).
+
 Example:
     >>> from discadapt.worlds.shapes import load_pipeline
     >>> from discadapt.worlds.shapes.probing import denoising_scorer, hard_negative_table
@@ -30,6 +33,7 @@ from .render import render
 __all__ = [
     "Scorer",
     "adapter_scorer",
+    "adapter_table",
     "clip_scorer",
     "denoising_scorer",
     "hard_negative_accuracy",
@@ -141,4 +145,47 @@ def hard_negative_table(scorers: Mapping[str, Scorer], **options) -> Table:
         rows,
         note=f"{n} examples per category and split ({', '.join(splits)}); right when the caption outscores every "
         "hard negative; chance 20-50%",
+    )
+
+
+ADAPTER_KINDS = {"itm_text": "ITM text side", "itm_image": "ITM image side", "rec": "REC (IoU >= 0.5)"}
+
+
+@torch.no_grad()
+def adapter_table(
+    adapters: Mapping[str, tuple], n: int = 250, t: int = 250, splits: Sequence[str] = SPLITS, seed: int = 0
+) -> Table:
+    """A `bench.Table` of each adapter's `evaluate_adapter` accuracies (rows) over held-out items of all categories.
+
+    Args:
+        adapters (Mapping[str, tuple]): row name -> `(pipe, adapter)`, the pipeline whose UNet the adapter reads.
+        n (int): items per split (a fifth are referring expressions with a box). Default 250.
+        t (int): timestep of the noised image the adapter reads. Default 250.
+        splits (Sequence[str]): held-out splits, pooled. Default ("test_id", "test_ood").
+        seed (int): dataset and noise seed. Default 0.
+    """
+    from ...train.evaluate import evaluate_adapter
+    from .adapter_data import ShapeWorldItems
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"`n` is {n!r}; pass an int >= 1.")
+    rows = []
+    for name, (pipe, adapter) in adapters.items():
+        right = {kind: [] for kind in ADAPTER_KINDS}
+        for split in splits:
+            size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+            items = ShapeWorldItems(n, split=split, seed=seed, image_size=size)
+            found = evaluate_adapter(pipe, adapter, items, timesteps=[t], batch_size=25, seed=seed)["all"]
+            for kind in ADAPTER_KINDS:
+                total = found[f"n_{kind}"]
+                hits = round(found[kind] * total) if total else 0
+                right[kind] += [True] * hits + [False] * (total - hits)
+        rows.append([name, *[str(bootstrap_ci(right[kind], seed=seed)) if right[kind] else None for kind in right]])
+    return Table(
+        f"discriminative adapter on held-out items at t={t} [95% CI]",
+        ["adapter", *ADAPTER_KINDS.values()],
+        rows,
+        note=f"{n} items per split ({', '.join(splits)}), all categories; ITM right when the true pair outscores every "
+        "hard negative (text side: chance about 0.28; image side: 0.5); REC right when the most confident box has "
+        "IoU >= 0.5 with the referent",
     )

@@ -1,13 +1,14 @@
 """The rows `discadapt demo` adds to the base pipeline's, from whatever bundled models exist.
 
-- Probing table (`probing.hard_negative_table`): image-text matching against hard negatives on rendered held-out
-  scenes, for the world CLIP (bundle "clip"), the pipeline's own denoising error (DiffusionITM, 10 timesteps) and
-  the probed discriminative adapter (bundle "adapter").
-- Methods (`run_demo(methods=...)`): self-correction with the adapter, plain and low-overhead ("reuse") modes,
-  and the stage-2 tuned pipeline (bundle "lora", fused), alone and with self-correction; every row draws the same
-  prompts with the same seeds as the base row.
+- Methods (`run_demo(methods=...)`): self-correction with the stage-1 adapter (bundle "adapter"), plain and
+  low-overhead ("reuse") modes; the stage-2 tuned pipeline (bundle "lora", fused), alone and with self-correction
+  by its own adapter (bundle "tuned_adapter"). Every row draws the same prompts with the same seeds as the base row.
+- Tables (`run_demo(extra_tables=...)`): image-text matching against hard negatives on rendered held-out scenes
+  (`probing.hard_negative_table`) for the world CLIP (bundle "clip"), the denoising error of the base and tuned
+  pipelines (DiffusionITM, 10 timesteps) and the adapters; and the adapters' image-side ITM and REC accuracy on
+  held-out items (`probing.adapter_table`).
 
-A bundle that is missing is skipped, so the demo runs at every stage of the project.
+A bundle that is missing is skipped, so the demo runs at every stage of the project. `demo_rows` assembles it all.
 """
 
 from __future__ import annotations
@@ -16,42 +17,46 @@ from pathlib import Path
 
 from .bundle import WEIGHTS_DIR, BundleError, load_adapter, load_clip, load_lora, load_pipeline
 from .demo import GUIDANCE, pipeline_method
-from .probing import adapter_scorer, clip_scorer, denoising_scorer, hard_negative_table
+from .probing import adapter_scorer, adapter_table, clip_scorer, denoising_scorer, hard_negative_table
 
 __all__ = [
     "ADAPTER_T",
     "CORRECTION",
     "PROBING_EXAMPLES",
     "bundled_adapter",
-    "bundled_tuned_pipeline",
+    "bundled_tuned",
     "correction_methods",
+    "demo_rows",
     "probing_table",
     "tuned_methods",
 ]
 
 PROBING_EXAMPLES = {"full": 100, "quick": 10}  # examples per category and held-out split
+ADAPTER_ITEMS = {"full": 250, "quick": 25}  # items per held-out split of the adapter table
 ADAPTER_T = 250  # timestep at which the adapter scores rendered scenes (its evaluation timestep)
 CORRECTION = {"scale": 0.5, "stop": 0.6, "normalize": "unit"}  # self-correction settings of the demo rows
 
 
-def bundled_adapter(root=None):
-    """The bundled adapter, or None when none is bundled."""
+def bundled_adapter(root=None, name: str = "adapter"):
+    """The bundled adapter `name` ("adapter": stage 1; "tuned_adapter": stage 2), or None when it is not bundled."""
     try:
-        return load_adapter(root=root)
+        return load_adapter(root=root, name=name)
     except BundleError:
         return None
 
 
-def bundled_tuned_pipeline(device="cpu", root=None):
-    """The bundled world pipeline with the bundled stage-2 LoRA fused, or None when no LoRA is bundled."""
+def bundled_tuned(device="cpu", root=None):
+    """`(pipeline, adapter)`: the bundled world pipeline with the bundled stage-2 LoRA fused, and the adapter trained
+    with it (None when not bundled); or None when no LoRA is bundled."""
     if not (Path(WEIGHTS_DIR if root is None else root) / "lora" / "manifest.json").exists():
         return None
-    return load_lora(load_pipeline(device=device, root=root), root=root)
+    adapter = bundled_adapter(root, name="tuned_adapter")
+    return load_lora(load_pipeline(device=device, root=root), root=root), (adapter and adapter.to(device))
 
 
-def probing_table(quick: bool = False, root=None, adapter=None):
+def probing_table(quick: bool = False, root=None, adapter=None, tuned=None):
     """A function `pipe -> bench.Table` (for `run_demo(extra_tables=...)`) of hard-negative ITM accuracy for the
-    world CLIP (when bundled), the denoising score and `adapter` (when given)."""
+    world CLIP (when bundled), the denoising score, `adapter` (when given) and the tuned `(pipeline, adapter)`."""
 
     def table(pipe):
         scorers = {}
@@ -62,19 +67,24 @@ def probing_table(quick: bool = False, root=None, adapter=None):
         scorers["denoising error (10 t)"] = denoising_scorer(pipe)
         if adapter is not None:
             scorers[f"adapter ITM (t={ADAPTER_T})"] = adapter_scorer(pipe, adapter, t=ADAPTER_T)
+        if tuned is not None:
+            tuned_pipe, tuned_adapter = tuned
+            scorers["tuned: denoising error (10 t)"] = denoising_scorer(tuned_pipe)
+            if tuned_adapter is not None:
+                scorers[f"tuned: adapter ITM (t={ADAPTER_T})"] = adapter_scorer(tuned_pipe, tuned_adapter, t=ADAPTER_T)
         return hard_negative_table(scorers, n=PROBING_EXAMPLES["quick" if quick else "full"])
 
     return table
 
 
-def correction_methods(pipe, adapter, steps: int, guidance: float = GUIDANCE, **correction) -> dict:
-    """Demo rows `self-correction (plain)` and `self-correction (reuse)`: `pipe` wrapped by
-    `SelfCorrectingPipeline` with `adapter` and `CORRECTION` (overridden by `correction`)."""
+def correction_methods(pipe, adapter, steps: int, guidance: float = GUIDANCE, prefix: str = "", **correction) -> dict:
+    """Demo rows `{prefix}self-correction (plain)` and `(reuse)`: `pipe` wrapped by `SelfCorrectingPipeline` with
+    `adapter` and `CORRECTION` (overridden by `correction`)."""
     from ...sampling import SelfCorrectingPipeline
 
     settings = {**CORRECTION, **correction}
     return {
-        f"self-correction ({mode})": pipeline_method(
+        f"{prefix}self-correction ({mode})": pipeline_method(
             SelfCorrectingPipeline.from_pipe(pipe, adapter, mode=mode, **settings), steps, guidance
         )
         for mode in ("plain", "reuse")
@@ -83,10 +93,32 @@ def correction_methods(pipe, adapter, steps: int, guidance: float = GUIDANCE, **
 
 def tuned_methods(tuned, adapter=None, steps: int = 25, guidance: float = GUIDANCE) -> dict:
     """Demo rows of the tuned pipeline `tuned` (LoRA fused): `tuned`, and with an adapter also
-    `tuned + self-correction (reuse)`."""
+    `tuned + self-correction (plain)` and `(reuse)`."""
     rows = {"tuned": pipeline_method(tuned, steps, guidance)}
     if adapter is not None:
-        rows["tuned + self-correction (reuse)"] = correction_methods(tuned, adapter, steps, guidance)[
-            "self-correction (reuse)"
-        ]
+        rows.update(correction_methods(tuned, adapter, steps, guidance, prefix="tuned + "))
     return rows
+
+
+def demo_rows(pipe, steps: int, guidance: float = GUIDANCE, quick: bool = False, correction: bool = True,
+              probing: bool = True, device="cpu", root=None) -> tuple[dict, list]:  # fmt: skip
+    """`(methods, extra_tables)` of `run_demo` for the bundled models on top of `pipe` (the bundled world
+    pipeline): self-correction rows (`correction`), tuned rows, and the probing tables (`probing`)."""
+    adapter = bundled_adapter(root)
+    adapter = None if adapter is None else adapter.to(device)
+    tuned = bundled_tuned(device, root)
+    methods = {}
+    if adapter is not None and correction:
+        methods.update(correction_methods(pipe, adapter, steps, guidance))
+    if tuned is not None:
+        methods.update(tuned_methods(tuned[0], tuned[1] if correction else None, steps, guidance))
+    tables = []
+    if probing:
+        tables.append(probing_table(quick, root, adapter, tuned))
+        adapters = {"stage 1, base model": (pipe, adapter)} if adapter is not None else {}
+        if tuned is not None and tuned[1] is not None:
+            adapters["stage 2, tuned model"] = tuned
+        if adapters:
+            n = ADAPTER_ITEMS["quick" if quick else "full"]
+            tables.append(lambda _: adapter_table(adapters, n=n, t=ADAPTER_T))
+    return methods, tables

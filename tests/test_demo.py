@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
 import re
 import warnings
@@ -15,7 +16,16 @@ import pytest
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from discadapt.bench import Interval, ReportRow, Table, accuracy_table, bootstrap_ci, render_html, write_report
+from discadapt.bench import (
+    Interval,
+    ReportRow,
+    Table,
+    accuracy_table,
+    bootstrap_ci,
+    paired_difference_ci,
+    render_html,
+    write_report,
+)
 from discadapt.cli import main
 from discadapt.worlds.shapes import bundle, check, parse, render
 from discadapt.worlds.shapes.demo import FULL, QUICK, demo_prompts, image_seed, pipeline_method, run_demo
@@ -129,12 +139,47 @@ def test_bootstrap_coverage_simulation():
         (dict(successes=["1"]), r"`successes` holds \['1'\]"),
         (dict(successes=[1, 0], level=1.5), r"`level` is 1.5; pass a confidence level in \(0, 1\)"),
         (dict(successes=[1, 0], n_resamples=0), r"`n_resamples` is 0; pass an int >= 1"),
-        (dict(successes=[1, 0], groups=[0]), r"`groups` has shape \(1,\) and `successes` \(2,\)"),
+        (dict(successes=[1, 0], groups=[0]), r"`groups` has shape \(1,\) and the outcomes \(2,\)"),
     ],
 )
 def test_bootstrap_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         bootstrap_ci(**kwargs)
+
+
+def test_paired_difference_known_values_and_brute_force():
+    # 4 prompts x 2 images; per prompt, a's successes minus b's: +2, 0, -1, +1
+    a, b = [1, 1, 1, 0, 0, 0, 1, 0], [0, 0, 1, 0, 1, 0, 0, 0]
+    groups = [0, 0, 1, 1, 2, 2, 3, 3]
+    ci = paired_difference_ci(a, b, groups=groups, n_resamples=20000, seed=1)
+    assert (ci.estimate, ci.n, ci.n_groups) == (0.25, 8, 4)
+    # the 256 equally likely resamples of 4 prompts: difference = (sum of the chosen prompts' differences) / 8
+    exact = [sum(c) / 8 for c in itertools.product([2, 0, -1, 1], repeat=4)]
+    step = 1 / 8  # the support's spacing: the Monte Carlo percentile lands within one step of the exact one
+    assert abs(ci.low - np.percentile(exact, 2.5, method="inverted_cdf")) <= step + 1e-9
+    assert abs(ci.high - np.percentile(exact, 97.5, method="inverted_cdf")) <= step + 1e-9
+    assert -1 <= ci.low < 0 < 0.25 < ci.high <= 1
+    assert paired_difference_ci(a, b, groups=groups) == paired_difference_ci(a, b, groups=groups)  # seeded
+
+
+def test_paired_difference_is_sharper_than_two_intervals():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 5)
+    base = rng.random(200) < np.repeat(rng.beta(0.5, 0.5, 40), 5)  # prompts differ a lot in difficulty
+    better = base | (rng.random(200) < 0.15)  # the same images, some failures fixed
+    diff = paired_difference_ci(better, base, groups=groups)
+    one, two = bootstrap_ci(better, groups=groups), bootstrap_ci(base, groups=groups)
+    assert diff.estimate == pytest.approx(one.estimate - two.estimate)
+    assert diff.low > 0  # paired: the gain is clear ...
+    assert one.low < two.high  # ... though the two separate intervals overlap
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert paired_difference_ci(base, base, groups=groups) == Interval(0.0, 0.0, 0.0, 200, 40, 0.95)
+        assert paired_difference_ci([1, 1, 0, 0], [0, 0, 0, 0], groups=[0, 0, 1, 1]).n_groups == 2
+    with pytest.raises(ValueError, match=r"`a` has 2 outcomes and `b` 3; pass outcomes of the same observations"):
+        paired_difference_ci([1, 0], [1, 0, 1])
+    with pytest.raises(ValueError, match=r"`b` holds \[2\]; pass outcomes 0 / 1"):
+        paired_difference_ci([1, 0], [1, 2])
 
 
 # ---- bench.report -----------------------------------------------------------------------------------------------
@@ -294,6 +339,13 @@ def test_run_demo_results_and_report(pipe, tmp_path, capsys):
         assert m[name]["time_ratio"] == pytest.approx(m[name]["seconds_per_image"] / base["seconds_per_image"])
     assert m["blank"]["time_ratio"] < 1  # a constant array is cheaper than a pipeline
     assert results["tables"] == [] and results["seconds"] > 0
+    # differences to base, paired image by image: truth - base and blank - base, exactly
+    assert "difference_to_base" not in base
+    for name, value in (("truth", 1.0), ("blank", 0.0)):
+        for key in (*cats, "all"):
+            mask = [prompts[i["prompt"]]["category"] == key or key == "all" for i in base["images"]]
+            want = value - np.mean(np.array(ok)[mask])
+            assert m[name]["difference_to_base"][key]["estimate"] == pytest.approx(want), (name, key)
 
     lines = out.splitlines()
     assert lines[0] == "accuracy per category [95% CI over prompts]"
@@ -302,6 +354,13 @@ def test_run_demo_results_and_report(pipe, tmp_path, capsys):
     assert lines[5] == "truth" + " " * 15 + "  ".join(["1.000 [1.000, 1.000]"] * 3)
     assert lines[6] == "blank" + " " * 15 + "  ".join(["0.000 [0.000, 0.000]"] * 3)
     assert "accuracy per split [95% CI over prompts]" in lines and "time per image" in lines
+    title = "difference to base [95% CI, paired: same prompts and seeds]"
+    assert lines.index(title) < lines.index("time per image")
+    first = lines[lines.index(title) + 3].split()
+    truth_all = m["truth"]["difference_to_base"]["all"]
+    assert first[0] == "truth" and " ".join(first[-3:]) == (
+        f"{truth_all['estimate']:+.3f} [{truth_all['low']:+.3f}, {truth_all['high']:+.3f}]"
+    )
     timing = lines[lines.index("time per image") + 3].split()
     assert timing[:2] == ["base", "12"] and timing[-1] == "1.000"
     assert out.rstrip().splitlines()[-1].startswith(f"wrote {tmp_path / 'out' / 'results.json'} and ")

@@ -1,5 +1,6 @@
-"""Benchmarks: statistics (`stats`: bootstrap confidence intervals clustered by prompt) and output (`report`:
-text tables, `results.json` and a self-contained `report.html`). Generic: nothing here knows a world or a model.
+"""Benchmarks: statistics (`stats`: bootstrap confidence intervals clustered by prompt, of accuracies and of paired
+differences) and output (`report`: text tables, `results.json` and a self-contained `report.html`). Generic:
+nothing here knows a world or a model.
 
 Example:
     >>> from discadapt.bench import bootstrap_ci
@@ -8,7 +9,7 @@ Example:
 """
 
 from .report import ReportRow, Table, accuracy_table, atomic_write, render_html, write_report
-from .stats import Interval, bootstrap_ci
+from .stats import Interval, bootstrap_ci, paired_difference_ci
 
 __all__ = [
     "Interval",
@@ -17,6 +18,7 @@ __all__ = [
     "accuracy_table",
     "atomic_write",
     "bootstrap_ci",
+    "paired_difference_ci",
     "render_html",
     "write_report",
 ]

@@ -16,8 +16,11 @@ oracle, for the base pipeline and any further methods, with bootstrap confidence
    every method runs batch b before any runs batch b + 1, so the methods see the same machine load; each
    method's wall time per image and its ratio to the base row are measured in the same run.
 4. Scores: the oracle's verdict (`oracle.check`) on every image; per method and category (and per split) the
-   accuracy with a 95% percentile bootstrap interval that resamples prompts, not images (`bench.bootstrap_ci`).
-5. Output: tables printed to stdout (accuracy per category, per split, timing, then any `extra_tables`), and in
+   accuracy with a 95% percentile bootstrap interval that resamples prompts, not images (`bench.bootstrap_ci`);
+   and each method's difference to the base row, paired image by image, with its interval
+   (`bench.paired_difference_ci`): the rows share prompts and seeds, so this is the sharper comparison.
+5. Output: tables printed to stdout (accuracy per category, per split, difference to base, timing, then any
+   `extra_tables`), and in
    `out_dir` (created) `results.json` and a self-contained `report.html` (`bench.write_report`), each written
    atomically.
 
@@ -51,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...bench import ReportRow, Table, accuracy_table, bootstrap_ci, write_report
+from ...bench import ReportRow, Table, accuracy_table, bootstrap_ci, paired_difference_ci, write_report
 from .captions import CATEGORIES, parse
 from .dataset import make_example
 from .oracle import check
@@ -304,6 +307,28 @@ def _scores(ok: np.ndarray, groups: np.ndarray, cats: np.ndarray, splits: np.nda
     }
 
 
+def _differences(ok: dict, groups: np.ndarray, cats: np.ndarray, categories, seed: int) -> dict:
+    """Per method after the first ("base"), per category and over all: its accuracy minus base's, paired by image."""
+    base, out = ok["base"], {}
+    for name in list(ok)[1:]:
+        masks = {**{c: cats == c for c in categories}, "all": np.ones(cats.shape, dtype=bool)}
+        out[name] = {
+            key: paired_difference_ci(ok[name][m], base[m], seed=seed, groups=groups[m]).to_dict()
+            for key, m in masks.items()
+        }
+    return out
+
+
+def _difference_table(differences: dict, categories: list[str]) -> Table:
+    cell = lambda d: f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"  # noqa: E731
+    return Table(
+        "difference to base [95% CI, paired: same prompts and seeds]",
+        ["method", *categories, "all"],
+        [[name, *[cell(d[c]) for c in categories], cell(d["all"])] for name, d in differences.items()],
+        note="accuracy minus the base row's on the same images' prompts and seeds; prompts resampled",
+    )
+
+
 def _cell(stats: dict | None) -> str:
     return "" if stats is None else f"{stats['accuracy']:.3f} [{stats['ci_low']:.3f}, {stats['ci_high']:.3f}]"
 
@@ -462,8 +487,8 @@ def run_demo(
     n_images = len(jobs)
     base_rate = seconds["base"] / n_images
     per_method = {}
-    for name in rows:
-        ok = np.array([v.ok for v in verdicts[name]], dtype=bool)
+    oks = {name: np.array([v.ok for v in verdicts[name]], dtype=bool) for name in rows}
+    for name, ok in oks.items():
         per_method[name] = {
             "seconds": seconds[name],
             "seconds_per_image": seconds[name] / n_images,
@@ -474,6 +499,9 @@ def run_demo(
                 for (i, k), v in zip(jobs, verdicts[name])
             ],
         }
+    differences = _differences(oks, groups, cats, categories, seed)
+    for name, found in differences.items():
+        per_method[name]["difference_to_base"] = found
 
     # ---- extra tables (probing rows of later work) ----
     extra = [item if isinstance(item, Table) else item(pipe) for item in tables_in]
@@ -542,7 +570,8 @@ def run_demo(
         "methods": per_method,
         "tables": [t.to_dict() for t in extra],
     }
-    shown_tables = [split_table, timing_table, *extra]
+    shown_tables = [split_table, *([_difference_table(differences, categories)] if differences else []), timing_table]
+    shown_tables += extra
     for table in (main_table, *shown_tables):
         print(table.format(), end="\n\n")
     results["seconds"] = time.perf_counter() - start_all

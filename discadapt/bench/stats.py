@@ -94,6 +94,21 @@ def _group_index(groups, shape) -> np.ndarray:
     return np.unique(labels, return_inverse=True)[1]
 
 
+def _percentile_bootstrap(data: tuple, statistic, level: float, n_resamples: int, seed: int) -> tuple[float, float]:
+    """Ends of the percentile interval of `statistic` over groups resampled together (rows of `data` paired)."""
+    result = stats.bootstrap(
+        data,
+        statistic,
+        n_resamples=int(n_resamples),
+        paired=True,
+        vectorized=True,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return tuple(float(v) for v in result.confidence_interval)
+
+
 def bootstrap_ci(
     successes: Sequence[bool | int] | np.ndarray,
     level: float = 0.95,
@@ -131,17 +146,7 @@ def bootstrap_ci(
     point = Interval(estimate, estimate, estimate, int(x.size), int(sizes.size), float(level))
     if sizes.size < 2 or x.min() == x.max():  # every resample has the same accuracy
         return point
-    result = stats.bootstrap(
-        (sums, sizes),
-        _pooled,
-        n_resamples=int(n_resamples),
-        paired=True,
-        vectorized=True,
-        confidence_level=level,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    low, high = (float(v) for v in result.confidence_interval)
+    low, high = _percentile_bootstrap((sums, sizes), _pooled, level, n_resamples, seed)
     return Interval(estimate, low, high, int(x.size), int(sizes.size), float(level))
 
 
@@ -182,15 +187,5 @@ def paired_difference_ci(
     diff = sums_a - sums_b
     if sizes.size < 2 or (diff * sizes.sum() == (x.sum() - y.sum()) * sizes).all():  # every resample: the same
         return Interval(estimate, estimate, estimate, int(x.size), int(sizes.size), float(level))
-    result = stats.bootstrap(
-        (sums_a, sums_b, sizes),
-        _difference,
-        n_resamples=int(n_resamples),
-        paired=True,
-        vectorized=True,
-        confidence_level=level,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    low, high = (float(v) for v in result.confidence_interval)
+    low, high = _percentile_bootstrap((sums_a, sums_b, sizes), _difference, level, n_resamples, seed)
     return Interval(estimate, low, high, int(x.size), int(sizes.size), float(level))

@@ -116,7 +116,31 @@ def test_reuse_mode_equals_plain_gradient_one_step_earlier(adapter, guidance_sca
         start, t = (before.latents[0], timesteps[1]) if i == 0 else (after.latents[i - 1], timesteps[i])
         expected = before.latents[i] + 0.7 * reference.gradient(pipe, start, t, text)
         torch.testing.assert_close(after.latents[i], expected, rtol=1e-4, atol=1e-5)
-    assert fix.recorder is None and not pipe.unet._forward_hooks and not pipe.unet._forward_pre_hooks
+    assert fix.recorder is None and not pipe.unet._forward_hooks and "forward" not in vars(pipe.unet)
+
+
+def test_recorder_splits_the_guided_batch():
+    """With classifier-free guidance only the conditional half is recorded; the output is the batched pass's."""
+    from discadapt.sampling.recorder import UNetPassRecorder
+
+    pipe = tiny_sd_pipeline(seed=0)
+    sample, text = torch.randn(4, 4, 16, 16), torch.randn(4, 77, 32)
+    t = torch.tensor([500, 500, 500, 500])
+    with torch.no_grad():
+        want = pipe.unet(sample, t, encoder_hidden_states=text).sample
+        wrapped = lambda *args, **kwargs: calls.append(len(args[0])) or own(*args, **kwargs)  # noqa: E731
+        calls, own = [], pipe.unet.forward
+        pipe.unet.forward = wrapped  # a forward already replaced, as accelerate's offloading hooks do
+        recorder = UNetPassRecorder(pipe, ["mid_block"], batch=2).attach()
+        got = pipe.unet(sample, t, encoder_hidden_states=text, return_dict=False)[0]
+        recorder.remove()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert calls == [2, 2]  # two calls of the half batch
+    assert recorder.input.shape[0] == 2 and torch.equal(recorder.input, sample[2:])
+    assert recorder.features["mid_block"].shape[0] == 2 and recorder.features["mid_block"].grad_fn is not None
+    assert torch.equal(recorder.timestep, t[2:])
+    assert pipe.unet.forward is wrapped  # restored
+    del pipe.unet.forward
 
 
 def test_reuse_mode_records_only_corrected_steps(pipe, adapter):

@@ -16,7 +16,9 @@ Two modes:
   (`UNetPassRecorder`), and one partial backward gives the gradient at the latent the step started from; it is
   applied to the new latent (one step of lag) and computed in the pipeline's dtype. Only passes whose step is
   corrected are recorded; the first corrected step, which precedes any recorded pass, uses the plain gradient.
-  With classifier-free guidance the recorded pass covers the unconditional half of the batch too.
+  With classifier-free guidance a recorded pass runs its unconditional half as a separate call without a graph,
+  so the backward crosses the conditional half only (the guided prediction then differs from the batched one by
+  float rounding, on recorded steps only).
 A non-finite gradient skips the step with a warning. The callback reads only `latents`, so it works with any
 diffusers pipeline that exposes them, with or without classifier-free guidance.
 
@@ -168,7 +170,7 @@ class SelfCorrection(PipelineCallback):
     def recorded_gradient(self, batch: int, text: TextEmbeddings) -> torch.Tensor:
         """g from the sampler's recorded UNet pass (reuse mode): one partial backward, (B, C, h, w) in float32."""
         rec = self.recorder
-        cond = slice(rec.input.shape[0] - batch, None)  # with classifier-free guidance the batch is [uncond, cond]
+        cond = slice(rec.input.shape[0] - batch, None)  # the recorded conditional half ([uncond, cond] unsplit)
         t = torch.as_tensor(rec.timestep, device=rec.input.device).reshape(-1).expand(batch)
         with torch.enable_grad():  # the pipeline's loop runs under no_grad: even the slicing must be recorded
             feats = {name: f[cond] for name, f in rec.features.items()}
@@ -201,7 +203,7 @@ class SelfCorrection(PipelineCallback):
         if eta > 0:
             callback_kwargs["latents"] = self._correct(pipe, step_index, latents, text, eta)
         if self.mode == "reuse":
-            self._track(pipe, step_index)  # after the correction, whose plain forward must not be recorded
+            self._track(pipe, step_index, latents.shape[0])  # after the correction, whose forward is not recorded
         return callback_kwargs
 
     def _correct(self, pipe, step_index: int, latents: torch.Tensor, text: TextEmbeddings, eta: float) -> torch.Tensor:
@@ -219,12 +221,12 @@ class SelfCorrection(PipelineCallback):
             z = z + eta * grad
         return z.to(latents.dtype)
 
-    def _track(self, pipe, step_index: int) -> None:
-        """Reuse mode: record the next step's UNet pass only if the next callback corrects (outside the window
-        the passes keep no graph); after the last step nothing stays attached."""
+    def _track(self, pipe, step_index: int, batch: int | None = None) -> None:
+        """Reuse mode: record the next step's UNet pass (of `batch` latents) only if the next callback corrects
+        (outside the window the passes keep no graph); after the last step nothing stays attached."""
         if self.step_size(pipe, step_index + 1) > 0:
             if self.recorder is None:
-                self.recorder = UNetPassRecorder(pipe, self.adapter.config.layers).attach()
+                self.recorder = UNetPassRecorder(pipe, self.adapter.config.layers, batch).attach()
         else:
             self.remove()
 

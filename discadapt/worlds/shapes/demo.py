@@ -325,7 +325,7 @@ def _difference_table(differences: dict, categories: list[str]) -> Table:
         "difference to base [95% CI, paired: same prompts and seeds]",
         ["method", *categories, "all"],
         [[name, *[cell(d[c]) for c in categories], cell(d["all"])] for name, d in differences.items()],
-        note="accuracy minus the base row's on the same images' prompts and seeds; prompts resampled",
+        note="accuracy minus the base row's, image by image (same prompt, same seed); prompts resampled",
     )
 
 

@@ -172,8 +172,8 @@ def adapter_table(
     rows = []
     for name, (pipe, adapter) in adapters.items():
         right = {kind: [] for kind in ADAPTER_KINDS}
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
         for split in splits:
-            size = pipe.unet.config.sample_size * pipe.vae_scale_factor
             items = ShapeWorldItems(n, split=split, seed=seed, image_size=size)
             found = evaluate_adapter(pipe, adapter, items, timesteps=[t], batch_size=25, seed=seed)["all"]
             for kind in ADAPTER_KINDS:

@@ -20,6 +20,7 @@ from .demo import GUIDANCE, pipeline_method
 from .probing import adapter_scorer, adapter_table, clip_scorer, denoising_scorer, hard_negative_table
 
 __all__ = [
+    "ADAPTER_ITEMS",
     "ADAPTER_T",
     "CORRECTION",
     "PROBING_EXAMPLES",
@@ -51,7 +52,8 @@ def bundled_tuned(device="cpu", root=None):
     if not (Path(WEIGHTS_DIR if root is None else root) / "lora" / "manifest.json").exists():
         return None
     adapter = bundled_adapter(root, name="tuned_adapter")
-    return load_lora(load_pipeline(device=device, root=root), root=root), (adapter and adapter.to(device))
+    pipe = load_lora(load_pipeline(device=device, root=root), root=root)
+    return pipe, None if adapter is None else adapter.to(device)
 
 
 def probing_table(quick: bool = False, root=None, adapter=None, tuned=None):

@@ -59,13 +59,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
 from ...tokenizer import clip_tokenizer
 from . import runs
 from .captions import CATEGORIES
 from .dataset import check_category_weights, draw_categories, make_dataset, make_example
-from .models import CLIP_BOS, CLIP_EOS, CLIP_VOCAB, MAX_POSITIONS, _seeded, count_parameters
+from .models import CLIP_EOS, MAX_POSITIONS, _seeded, count_parameters, text_encoder_config
 from .negatives import KINDS
 from .palette import check_choice, check_image_size
 from .render import render
@@ -283,18 +283,7 @@ def world_clip_config(sizes: WorldClipSizes | WorldClipConfig | None = None, tem
     if isinstance(sizes, WorldClipConfig):
         temperature = sizes.temperature
     s = _sizes_of(sizes)
-    text = CLIPTextConfig(
-        vocab_size=CLIP_VOCAB,
-        hidden_size=s.text_hidden,
-        intermediate_size=4 * s.text_hidden,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        max_position_embeddings=MAX_POSITIONS,
-        bos_token_id=CLIP_BOS,
-        eos_token_id=CLIP_EOS,
-        pad_token_id=CLIP_EOS,
-        projection_dim=s.projection_dim,
-    )
+    text = text_encoder_config(s, projection_dim=s.projection_dim)
     vision = CLIPVisionConfig(
         hidden_size=s.vision_hidden,
         intermediate_size=4 * s.vision_hidden,

@@ -134,8 +134,10 @@ def vae_config(sizes: ModelSizes) -> dict:
     )
 
 
-def text_encoder_config(sizes: ModelSizes) -> CLIPTextConfig:
-    """`CLIPTextConfig` over the real CLIP vocabulary and 77 positions, no dropout."""
+def text_encoder_config(sizes: ModelSizes, projection_dim: int | None = None) -> CLIPTextConfig:
+    """`CLIPTextConfig` over the real CLIP vocabulary and 77 positions, no dropout. `sizes` is anything with
+    `text_hidden`, `text_layers` and `text_heads` (also the world CLIP's sizes); `projection_dim` defaults to
+    `text_hidden`."""
     return CLIPTextConfig(
         vocab_size=CLIP_VOCAB,
         hidden_size=sizes.text_hidden,
@@ -146,7 +148,7 @@ def text_encoder_config(sizes: ModelSizes) -> CLIPTextConfig:
         bos_token_id=CLIP_BOS,
         eos_token_id=CLIP_EOS,
         pad_token_id=CLIP_EOS,
-        projection_dim=sizes.text_hidden,
+        projection_dim=sizes.text_hidden if projection_dim is None else projection_dim,
     )
 
 

@@ -332,8 +332,12 @@ def test_run_demo_results_and_report(pipe, tmp_path, capsys):
     assert base["overall"]["accuracy"] == pytest.approx(np.mean(ok))
     assert base["overall"]["ci_low"] <= base["overall"]["accuracy"] <= base["overall"]["ci_high"]
     assert [(i["prompt"], i["image"]) for i in base["images"]] == [(p, k) for p in range(6) for k in range(2)]
-    assert m["blank"]["images"][0] == {"prompt": 0, "image": 0, "ok": False, "reason": "found 0 " + (
+    assert m["blank"]["images"][0] == {"prompt": 0, "image": 0, "ok": False, "marginal": False, "reason": "found 0 " + (
         parse(prompts[0]["text"]).phrases[0].words(plural=True))}  # fmt: skip
+    for name in m:  # the fraction of marginal verdicts, per category and over all
+        flags = np.array([image["marginal"] for image in m[name]["images"]])
+        assert m[name]["marginal"]["all"] == pytest.approx(flags.mean())
+    assert m["truth"]["marginal"] == dict.fromkeys([*cats, "all"], 0.0)  # rendered scenes: nothing marginal
     assert base["time_ratio"] == 1.0 and base["seconds_per_image"] > 0
     for name in ("truth", "blank"):
         assert m[name]["time_ratio"] == pytest.approx(m[name]["seconds_per_image"] / base["seconds_per_image"])
@@ -361,6 +365,7 @@ def test_run_demo_results_and_report(pipe, tmp_path, capsys):
     assert first[0] == "truth" and " ".join(first[-3:]) == (
         f"{truth_all['estimate']:+.3f} [{truth_all['low']:+.3f}, {truth_all['high']:+.3f}]"
     )
+    assert lines.index("marginal verdicts (fraction of images)") < lines.index("time per image")
     timing = lines[lines.index("time per image") + 3].split()
     assert timing[:2] == ["base", "12"] and timing[-1] == "1.000"
     assert out.rstrip().splitlines()[-1].startswith(f"wrote {tmp_path / 'out' / 'results.json'} and ")

@@ -329,6 +329,25 @@ def _difference_table(differences: dict, categories: list[str]) -> Table:
     )
 
 
+def _marginal(verdicts: list, cats: np.ndarray, categories) -> dict:
+    """Per category and over all: the fraction of verdicts the oracle marks marginal (`oracle.py`)."""
+    flags = np.array([v.marginal for v in verdicts], dtype=bool)
+    return {**{c: float(flags[cats == c].mean()) for c in categories}, "all": float(flags.mean())}
+
+
+def _marginal_table(per_method: dict, categories: list[str]) -> Table:
+    return Table(
+        "marginal verdicts (fraction of images)",
+        ["method", *categories, "all"],
+        [
+            [name, *[f"{m['marginal'][c]:.3f}" for c in categories], f"{m['marginal']['all']:.3f}"]
+            for name, m in per_method.items()
+        ],
+        note="verdicts that one reading near the oracle's cut-offs (shape score, size, a one-pixel move) would flip; "
+        "a difference between rows smaller than these fractions could come from the judge",
+    )
+
+
 def _cell(stats: dict | None) -> str:
     return "" if stats is None else f"{stats['accuracy']:.3f} [{stats['ci_low']:.3f}, {stats['ci_high']:.3f}]"
 
@@ -394,7 +413,8 @@ def run_demo(
         - "prompts": [{"text", "category", "split", "seeds"}], in order.
         - "methods": {name: {"seconds", "seconds_per_image", "time_ratio" (to base), "categories": {category:
           stats}, "splits": {split: {"all": stats, "categories": {category: stats}}}, "overall": stats,
-          "images": [{"prompt", "image", "ok", "reason"}]}}, where stats = {"accuracy", "ci_low", "ci_high",
+          "marginal": {category or "all": fraction of marginal verdicts}, "images": [{"prompt", "image", "ok",
+          "reason", "marginal"}]}}, where stats = {"accuracy", "ci_low", "ci_high",
           "n_prompts", "n_images"}.
         - "tables": extra tables as {"title", "columns", "rows", "note"}.
         - "seconds": wall time of the whole demo.
@@ -494,8 +514,9 @@ def run_demo(
             "seconds_per_image": seconds[name] / n_images,
             "time_ratio": (seconds[name] / n_images) / base_rate if base_rate > 0 else None,
             **_scores(ok, groups, cats, splits, categories, seed),
+            "marginal": _marginal(verdicts[name], cats, categories),
             "images": [
-                {"prompt": i, "image": k, "ok": bool(v.ok), "reason": v.reason}
+                {"prompt": i, "image": k, "ok": bool(v.ok), "reason": v.reason, "marginal": bool(v.marginal)}
                 for (i, k), v in zip(jobs, verdicts[name])
             ],
         }
@@ -570,7 +591,8 @@ def run_demo(
         "methods": per_method,
         "tables": [t.to_dict() for t in extra],
     }
-    shown_tables = [split_table, *([_difference_table(differences, categories)] if differences else []), timing_table]
+    shown_tables = [split_table, *([_difference_table(differences, categories)] if differences else [])]
+    shown_tables += [_marginal_table(per_method, categories), timing_table]
     shown_tables += extra
     for table in (main_table, *shown_tables):
         print(table.format(), end="\n\n")

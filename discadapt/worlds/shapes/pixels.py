@@ -16,6 +16,12 @@ The pixel takes the color of the chosen model when that model's residual is belo
 weight is at least `MIN_ALPHA` = 0.5, otherwise it is background. The 0.5 coverage threshold puts the boundary of
 a blurred shape where the sharp one had it, so boxes stay (nearly) exact under blur.
 
+`color_coverage` also returns, for every pixel and palette color, the color's weight clipped to [0, 1]: on a
+background pixel, the one-color weight of each color (0 where the pixel lies off that color's line); on a pixel of
+one color, that color's weight and 0 for the others; where the two-color model was chosen, the two colors'
+weights in it. This is the soft coverage of an anti-aliased or blurred edge, which the
+oracle's shape measure reads (`oracle.py`).
+
 Example:
     >>> from discadapt.worlds.shapes import COLORS, random_scene, render
     >>> from discadapt.worlds.shapes.pixels import color_labels
@@ -34,7 +40,16 @@ from scipy import ndimage
 
 from .palette import BACKGROUND, COLORS, MIN_IMAGE_SIZE
 
-__all__ = ["MAX_ALPHA", "MAX_PAIR_WEIGHT", "MAX_RESIDUAL", "MIN_ALPHA", "PAIR_GAIN", "as_image", "color_labels"]
+__all__ = [
+    "MAX_ALPHA",
+    "MAX_PAIR_WEIGHT",
+    "MAX_RESIDUAL",
+    "MIN_ALPHA",
+    "PAIR_GAIN",
+    "as_image",
+    "color_coverage",
+    "color_labels",
+]
 
 MIN_ALPHA = 0.5  # coverage from which a pixel belongs to a color
 MAX_ALPHA = 1.6  # brightest accepted version of a color
@@ -73,11 +88,25 @@ def color_labels(image) -> np.ndarray:
     Args:
         image (np.ndarray | PIL.Image.Image): uint8 `(S, S, 3)` RGB array or PIL image, S >= 32.
     """
+    return color_coverage(image)[0]
+
+
+def color_coverage(image) -> tuple[np.ndarray, np.ndarray]:
+    """`color_labels(image)` and the soft coverage of each color (see the module docstring).
+
+    Args:
+        image (np.ndarray | PIL.Image.Image): uint8 `(S, S, 3)` RGB array or PIL image, S >= 32.
+
+    Returns:
+        tuple[np.ndarray, np.ndarray]: int labels `(S, S)` (-1 for background) and float coverage `(S, S, K)` in
+        [0, 1], K = `len(COLORS)`.
+    """
     d = as_image(image).astype(np.float64) - _BG  # (S, S, 3)
 
     # 1. one color: p = bg + alpha (c - bg)
     alpha = d @ _DIRECTIONS.T / (_DIRECTIONS**2).sum(1)  # (S, S, K)
     residual = np.linalg.norm(d[..., None, :] - alpha[..., None] * _DIRECTIONS, axis=-1)  # (S, S, K)
+    coverage = np.where(residual < MAX_RESIDUAL, np.clip(alpha, 0, 1), 0.0)  # (S, S, K)
     residual[(alpha < 0) | (alpha > MAX_ALPHA)] = np.inf
     hue = residual.argmin(-1)  # (S, S)
     alpha, residual = (np.take_along_axis(a, hue[..., None], -1)[..., 0] for a in (alpha, residual))  # (S, S)
@@ -98,5 +127,13 @@ def color_labels(image) -> np.ndarray:
     hue[where] = np.where(better, _PAIRS[pair, weights.argmax(-1)], hue[where])
     alpha[where] = np.where(better, weights.max(-1), alpha[where])
     residual[where] = np.where(better, pair_residual, residual[where])
+    labels = np.where((residual < MAX_RESIDUAL) & (alpha >= MIN_ALPHA), hue, -1)
 
-    return np.where((residual < MAX_RESIDUAL) & (alpha >= MIN_ALPHA), hue, -1)
+    # coverage: a pixel of one color covers no other; a two-color pixel covers its two colors at their weights
+    one = labels >= 0
+    coverage[one] *= np.eye(len(COLORS))[labels[one]]
+    mixed = tuple(w[better] for w in where)
+    coverage[mixed] = 0.0
+    for j in range(2):
+        coverage[(*mixed, _PAIRS[pair[better], j])] = np.clip(weights[better, j], 0, 1)
+    return labels, coverage

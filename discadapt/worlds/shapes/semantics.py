@@ -60,12 +60,15 @@ class Verdict:
         category (str): the caption's category.
         reason (str): what was found, in words.
         target (Obj | None): the referent of a true referring caption, else None.
+        marginal (bool): set by `oracle.check` on images: the verdict would change if one reading near its
+            cut-off went the other way (`oracle.py`). Always False from `evaluate` on scenes.
     """
 
     ok: bool
     category: str
     reason: str
     target: Obj | None = None
+    marginal: bool = False
 
 
 def matching(objects: Sequence[Obj], phrase: Phrase) -> list[Obj]:

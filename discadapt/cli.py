@@ -2,12 +2,16 @@
 
 discadapt inspect --tiny                      blocks of the tiny test pipeline, their channels and sizes
 discadapt inspect --pipeline DIR [--size 64]  the same for a local diffusers pipeline folder
-discadapt demo [--quick] [--out DIR]          the shapes world's held-out prompts, judged by its oracle: tables,
-                                              results.json and report.html
+discadapt generate --pipeline DIR ...         images for a prompt file, resumably (optionally self-corrected)
 discadapt probe --pipeline DIR|--world ...    stage 1: train a discriminative adapter on a frozen pipeline
 discadapt tune --pipeline DIR|--world ...     stage 2: LoRA + adapter with discriminative and denoising losses
+
+Plug-ins (`discadapt.plugins`) add commands and pipeline sources; the shapes world adds:
+discadapt demo [--quick] [--out DIR]          the shapes world's held-out prompts, judged by its oracle: tables,
+                                              results.json and report.html
 discadapt world train --out RUN [--steps N]   retrain the shapes world's models (resumable)
 discadapt world bundle RUN                    bundle them into the package
+and the pipeline source `--world` (the bundled shapes-world pipeline).
 """
 
 from __future__ import annotations
@@ -16,29 +20,15 @@ import argparse
 import logging
 import sys
 
+from .plugins import add_pipeline_arguments, pipeline_from_args, registry
 from .train.commands import add_commands as add_train_commands
-from .worlds.shapes.commands import add_commands as add_world_commands
-
-
-def _load_pipeline(args):
-    if args.tiny:
-        from .testing import tiny_sd_pipeline
-
-        return tiny_sd_pipeline()
-    if args.world:
-        from .worlds.shapes import load_pipeline
-
-        return load_pipeline()
-    from diffusers import DiffusionPipeline
-
-    return DiffusionPipeline.from_pretrained(args.pipeline, local_files_only=True)
 
 
 def inspect(args) -> int:
     from .probe import FeatureProbe, block_names
     from .text import get_unet, pooled_dim
 
-    pipe = _load_pipeline(args)
+    pipe = pipeline_from_args(args)
     unet = get_unet(pipe)
     layers = args.layers or block_names(unet)
     info = FeatureProbe(unet, layers).describe(args.size, args.size)
@@ -62,7 +52,7 @@ def generate(args) -> int:
     if (args.adapter is None) != (args.correction_scale is None):
         raise ValueError("Self-correction needs both --adapter DIR and --correction-scale X (0 disables it).")
     prompts = load_prompts(args.prompts)
-    pipe = _load_pipeline(args).to(args.device)
+    pipe = pipeline_from_args(args).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     if args.lora:
         pipe.load_lora_weights(args.lora)
@@ -91,52 +81,6 @@ def generate(args) -> int:
     return 0
 
 
-def demo(args) -> int:
-    """`discadapt demo`: `worlds.shapes.demo.run_demo` on the bundled world (with the rows of its bundled adapter)
-    or a `--pipeline` folder."""
-    from .data import load_prompts
-    from .worlds.shapes.demo import FULL, QUICK, run_demo
-    from .worlds.shapes.rows import demo_rows, probing_table
-
-    prompts = load_prompts(args.prompts) if args.prompts else None
-    steps = args.steps or (QUICK if args.quick else FULL)["steps"]
-    if args.pipeline is None:  # the bundled world, with the rows of every bundled model
-        from .worlds.shapes.bundle import load_pipeline
-
-        pipe = load_pipeline(device=args.device)
-        methods, tables = demo_rows(
-            pipe, steps, args.guidance, args.quick, not args.no_correction, not args.no_probing, args.device
-        )
-    else:
-        pipe, methods = args.pipeline, {}
-        tables = [] if args.no_probing else [probing_table(quick=args.quick)]
-    run_demo(
-        pipe,
-        args.out,
-        quick=args.quick,
-        categories=args.categories,
-        n_prompts=args.n_prompts,
-        images_per_prompt=args.images_per_prompt,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        device=args.device,
-        prompts=prompts,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-        methods=methods,
-        extra_tables=tables,
-    )
-    return 0
-
-
-def _add_pipeline_source(parser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pipeline", help="local diffusers pipeline folder (loaded offline)")
-    source.add_argument("--tiny", action="store_true", help="the tiny random test pipeline")
-    source.add_argument("--world", action="store_true", help="the bundled shapes-world pipeline")
-
-
 def _quiet_torchvision_fallback() -> None:
     """Drop transformers' notice that its image processors fall back to PIL without torchvision: discadapt keeps
     torchvision out on purpose (README, install notes), and diffusers' imports trigger the notice on every command."""
@@ -152,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="list a pipeline's UNet blocks with the shapes of their features")
-    _add_pipeline_source(p)
+    add_pipeline_arguments(p)
     p.add_argument("--size", type=int, default=None, help="latent height and width (default: the UNet's sample_size)")
     p.add_argument("--layers", nargs="+", help="module paths to describe (default: every top-level block)")
     p.set_defaults(func=inspect)
 
     g = sub.add_parser("generate", help="generate images for a prompt file (one prompt a line), resumably")
-    _add_pipeline_source(g)
+    add_pipeline_arguments(g)
     g.add_argument("--prompts", required=True, help="prompt file, one prompt a line")
     g.add_argument("--out", required=True, help="output folder: images/ and generations.jsonl")
     g.add_argument("--lora", help="LoRA folder written by save_lora_weights (e.g. by `discadapt tune`)")
@@ -176,26 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=generate)
 
-    d = sub.add_parser("demo", help="the shapes world's held-out prompts judged by its oracle, with a report")
-    d.add_argument("--quick", action="store_true", help="small settings: 8 prompts per category, 2 images each")
-    d.add_argument("--out", default="demo-out", help="output folder: results.json, report.html (default demo-out)")
-    d.add_argument("--categories", nargs="+", help="caption categories (default all)")
-    d.add_argument("--n-prompts", type=int, help="prompts per category (default 40, quick 8)")
-    d.add_argument("--images-per-prompt", type=int, help="images per prompt (default 5, quick 2)")
-    d.add_argument("--steps", type=int, help="DDIM steps (default 25)")
-    d.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
-    d.add_argument("--seed", type=int, default=0, help="seed of prompts, noise and bootstrap")
-    d.add_argument("--device", default="cpu")
-    d.add_argument("--pipeline", help="local diffusers pipeline folder (default: the bundled shapes world)")
-    d.add_argument("--prompts", help="prompt file, one caption of the shapes grammar a line (instead of drawn ones)")
-    d.add_argument("--batch-size", type=int, default=50, help="images per pipeline call")
-    d.add_argument("--no-progress", action="store_true", help="no progress bar")
-    d.add_argument("--no-probing", action="store_true", help="skip the hard-negative image-text matching table")
-    d.add_argument("--no-correction", action="store_true", help="skip the self-correction rows (bundled adapter)")
-    d.set_defaults(func=demo)
-
     add_train_commands(sub)
-    add_world_commands(sub)
+    for add in registry().commands:
+        add(sub)
 
     args = parser.parse_args(argv)
     try:

@@ -7,9 +7,9 @@ DATA is one or more of (mixed with ConcatDataset):
     --captions JSON --images DIR [--negatives JSON]   COCO captions (+ NegCLIP-style negatives)    ITM
     --refs JSON --ref-images DIR                       MDETR / RefCOCO referring expressions         REC
     --folder DIR                                       images with a captions file                   ITM
-    --shapes N                                         N ShapeWorld train examples                   ITM + REC
-`--world` trains on the bundled shapes-world pipeline, with `--shapes 100000` unless other data are given, and
-evaluates on `--eval-shapes` (default 200) test_id and test_ood examples at the end (eval.json).
+and what plug-ins add (`discadapt.plugins`): the shapes world's `--shapes N` (N ShapeWorld train examples, ITM +
+REC); with its `--world` pipeline, `--shapes 100000` unless other data are given, and evaluation on
+`--eval-shapes` (default 200) test_id and test_ood examples at the end (eval.json).
 
 Several processes: `accelerate launch --multi_gpu --num_processes 2 -m discadapt.train.commands probe ...`; on CPUs
 prefix it with `ACCELERATE_USE_CPU=1` (torchrun's processes, gloo: accelerate 1.15's `--cpu` launcher starts several
@@ -24,26 +24,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..plugins import add_pipeline_arguments, pipeline_from_args, registry
+
 __all__ = ["add_commands", "main"]
-
-WORLD_TRAIN_EXAMPLES = 100_000
-WORLD_EVAL_EXAMPLES = 200
-
-
-def _load_pipeline(args):
-    if args.tiny:
-        from ..testing import tiny_sd_pipeline
-
-        return tiny_sd_pipeline()
-    if args.world:
-        from ..worlds.shapes.bundle import load_pipeline
-
-        return load_pipeline()
-    from diffusers import DiffusionPipeline
-
-    if not Path(args.pipeline).is_dir():
-        raise ValueError(f"`--pipeline` is {args.pipeline!r}, which is not a folder; pass a diffusers pipeline folder.")
-    return DiffusionPipeline.from_pretrained(args.pipeline, local_files_only=True)
 
 
 def _datasets(args) -> list:
@@ -62,13 +45,8 @@ def _datasets(args) -> list:
         found.append(ReferringExpressions(args.refs, args.ref_images))
     if args.folder:
         found.append(CaptionedFolder(args.folder))
-    shapes = args.shapes
-    if shapes is None and args.world and not found:
-        shapes = WORLD_TRAIN_EXAMPLES
-    if shapes:
-        from ..worlds.shapes.adapter_data import ShapeWorldItems
-
-        found.append(ShapeWorldItems(shapes, split="train", seed=args.seed, image_size=args.shapes_size))
+    for data in registry().training_data:
+        found += data.datasets(args, list(found))
     if not found:
         raise ValueError(
             "No training data: pass --captions JSON --images DIR, --refs JSON --ref-images DIR, --folder DIR or "
@@ -126,7 +104,7 @@ def _config(args, stage: str):
 
 
 def _format_eval(results: dict) -> str:
-    lines = [f"{'split':<10}{'category':<13}{'ITM text':>10}{'ITM image':>11}{'REC@0.5':>9}"]
+    lines = [f"{'set':<10}{'category':<13}{'ITM text':>10}{'ITM image':>11}{'REC@0.5':>9}"]
     for split, table in results.items():
         for category, row in table.items():
             cells = ["-" if row[k] is None else f"{100 * row[k]:.1f}%" for k in ("itm_text", "itm_image", "rec")]
@@ -144,7 +122,8 @@ def _run(args, stage: str) -> int:
     config = _config(args, stage)  # checked before anything is loaded
     datasets = _datasets(args)
     dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
-    pipe = _load_pipeline(args)
+    eval_sets = {name: d for data in registry().training_data for name, d in data.eval_datasets(args).items()}
+    pipe = pipeline_from_args(args)
     adapter = None
     if args.adapter:
         if not Path(args.adapter).is_dir():
@@ -169,17 +148,12 @@ def _run(args, stage: str) -> int:
         accelerator=accelerator,
         prepare_unet=prepare_unet,
     )
-    eval_shapes = args.eval_shapes if args.eval_shapes is not None else (WORLD_EVAL_EXAMPLES if args.world else 0)
-    if result["done"] and eval_shapes:
-        from ..adapter import DiscriminativeAdapter as Adapter
-        from ..worlds.shapes.adapter_data import ShapeWorldItems
-
-        trained = Adapter.from_pretrained(result["adapter"]).to(accelerator.device)
+    if result["done"] and eval_sets:
+        trained = DiscriminativeAdapter.from_pretrained(result["adapter"]).to(accelerator.device)
         results = {}
-        for split in ("test_id", "test_ood"):
-            items = ShapeWorldItems(eval_shapes, split=split, seed=args.seed, image_size=args.shapes_size)
+        for name, items in eval_sets.items():
             with accelerator.autocast():
-                results[split] = evaluate_adapter(
+                results[name] = evaluate_adapter(
                     pipe,
                     trained,
                     items,
@@ -215,10 +189,7 @@ def tune(args) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--pipeline", help="local diffusers pipeline folder (loaded offline)")
-    source.add_argument("--world", action="store_true", help="the bundled shapes-world pipeline and its data")
-    source.add_argument("--tiny", action="store_true", help="the tiny random test pipeline")
+    add_pipeline_arguments(p)
     p.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, adapter/ (and lora/)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     data = p.add_argument_group("data (one or more)")
@@ -228,10 +199,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     data.add_argument("--refs", help="MDETR/RefCOCO referring-expression JSON (REC)")
     data.add_argument("--ref-images", help="image folder of --refs")
     data.add_argument("--folder", help="folder of images with a captions file (ITM with random negatives)")
-    data.add_argument("--shapes", type=int, help="number of ShapeWorld train examples (ITM + REC)")
-    data.add_argument("--shapes-size", type=int, default=32, help="ShapeWorld image size in pixels (default 32)")
-    data.add_argument("--eval-shapes", type=int, help="ShapeWorld test_id/test_ood examples evaluated at the end")
     data.add_argument("--eval-timesteps", type=int, nargs="+", help="evaluation timesteps (default T // 2)")
+    for plugin in registry().training_data:
+        plugin.add_arguments(data)
     opt = p.add_argument_group("training")
     opt.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     opt.add_argument("--batch-size", type=int, default=8, help="samples per process per micro-step (default 8)")

@@ -1,5 +1,7 @@
-"""`discadapt world ...`: retrain and bundle the shapes world's models.
+"""The shapes world's commands, registered through its plug-in (`plugin.py`).
 
+discadapt demo [--quick] [--out DIR]                    the held-out prompts, judged by the oracle: tables,
+                                                        results.json and report.html
 discadapt world train --out RUN [--seed 0] [--steps N]   train (or resume) the world's models: RUN/world (the
                                                         text-to-image pipeline), then RUN/clip (the world CLIP)
 discadapt world bundle RUN                              bundle RUN's models into the package
@@ -13,6 +15,45 @@ import json
 from pathlib import Path
 
 __all__ = ["add_commands"]
+
+
+def _demo(args) -> int:
+    """`discadapt demo`: `demo.run_demo` on the bundled world (with the rows of every bundled model) or a
+    `--pipeline` folder."""
+    from ...data import load_prompts
+    from .demo import FULL, QUICK, run_demo
+    from .rows import demo_rows, probing_table
+
+    prompts = load_prompts(args.prompts) if args.prompts else None
+    steps = args.steps or (QUICK if args.quick else FULL)["steps"]
+    if args.pipeline is None:  # the bundled world, with the rows of every bundled model
+        from .bundle import load_pipeline
+
+        pipe = load_pipeline(device=args.device)
+        methods, tables = demo_rows(
+            pipe, steps, args.guidance, args.quick, not args.no_correction, not args.no_probing, args.device
+        )
+    else:
+        pipe, methods = args.pipeline, {}
+        tables = [] if args.no_probing else [probing_table(quick=args.quick)]
+    run_demo(
+        pipe,
+        args.out,
+        quick=args.quick,
+        categories=args.categories,
+        n_prompts=args.n_prompts,
+        images_per_prompt=args.images_per_prompt,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        device=args.device,
+        prompts=prompts,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        methods=methods,
+        extra_tables=tables,
+    )
+    return 0
 
 
 def _train(args) -> int:
@@ -73,7 +114,25 @@ def _bundle(args) -> int:
 
 
 def add_commands(subparsers) -> None:
-    """Register `world train` and `world bundle` on an argparse `subparsers` object."""
+    """Register `demo`, `world train` and `world bundle` on an argparse `subparsers` object."""
+    d = subparsers.add_parser("demo", help="the shapes world's held-out prompts judged by its oracle, with a report")
+    d.add_argument("--quick", action="store_true", help="small settings: 8 prompts per category, 2 images each")
+    d.add_argument("--out", default="demo-out", help="output folder: results.json, report.html (default demo-out)")
+    d.add_argument("--categories", nargs="+", help="caption categories (default all)")
+    d.add_argument("--n-prompts", type=int, help="prompts per category (default 40, quick 8)")
+    d.add_argument("--images-per-prompt", type=int, help="images per prompt (default 5, quick 2)")
+    d.add_argument("--steps", type=int, help="DDIM steps (default 25)")
+    d.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
+    d.add_argument("--seed", type=int, default=0, help="seed of prompts, noise and bootstrap")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--pipeline", help="local diffusers pipeline folder (default: the bundled shapes world)")
+    d.add_argument("--prompts", help="prompt file, one caption of the shapes grammar a line (instead of drawn ones)")
+    d.add_argument("--batch-size", type=int, default=50, help="images per pipeline call")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.add_argument("--no-probing", action="store_true", help="skip the hard-negative image-text matching table")
+    d.add_argument("--no-correction", action="store_true", help="skip the self-correction rows (bundled adapter)")
+    d.set_defaults(func=_demo)
+
     world = subparsers.add_parser("world", help="retrain and bundle the shapes world's models")
     commands = world.add_subparsers(dest="world_command", required=True)
 

@@ -1,0 +1,60 @@
+"""The shapes world as a plug-in of discadapt (`discadapt.plugins`), named in setup.cfg's entry points.
+
+It registers:
+- the pipeline source `--world`: the bundled world pipeline (`bundle.load_pipeline`);
+- the commands `demo`, `world train` and `world bundle` (`commands.py`);
+- training data of `discadapt probe` / `tune`: `--shapes N` train examples (`adapter_data.ShapeWorldItems`), by
+  default `TRAIN_EXAMPLES` when `--world` is given without other data, and `--eval-shapes N` held-out examples
+  per split evaluated at the end (default `EVAL_EXAMPLES` with `--world`).
+"""
+
+from __future__ import annotations
+
+from ...plugins import Registry, TrainingData
+
+__all__ = ["EVAL_EXAMPLES", "TRAIN_EXAMPLES", "register"]
+
+TRAIN_EXAMPLES = 100_000
+EVAL_EXAMPLES = 200
+
+
+def _load_pipeline():
+    from .bundle import load_pipeline
+
+    return load_pipeline()
+
+
+def _add_arguments(group) -> None:
+    group.add_argument("--shapes", type=int, help="number of ShapeWorld train examples (ITM + REC)")
+    group.add_argument("--shapes-size", type=int, default=32, help="ShapeWorld image size in pixels (default 32)")
+    group.add_argument("--eval-shapes", type=int, help="ShapeWorld test_id/test_ood examples evaluated at the end")
+
+
+def _datasets(args, found: list) -> list:
+    shapes = args.shapes
+    if shapes is None and getattr(args, "world", False) and not found:
+        shapes = TRAIN_EXAMPLES
+    if not shapes:
+        return []
+    from .adapter_data import ShapeWorldItems
+
+    return [ShapeWorldItems(shapes, split="train", seed=args.seed, image_size=args.shapes_size)]
+
+
+def _eval_datasets(args) -> dict:
+    n = args.eval_shapes if args.eval_shapes is not None else (EVAL_EXAMPLES if getattr(args, "world", False) else 0)
+    if not n:
+        return {}
+    from .adapter_data import ShapeWorldItems
+
+    splits = ("test_id", "test_ood")
+    return {split: ShapeWorldItems(n, split=split, seed=args.seed, image_size=args.shapes_size) for split in splits}
+
+
+def register(registry: Registry) -> None:
+    """Register the shapes world (see the module docstring)."""
+    from .commands import add_commands
+
+    registry.add_source("world", "the bundled shapes-world pipeline", _load_pipeline)
+    registry.add_command(add_commands)
+    registry.add_training_data(TrainingData(_add_arguments, _datasets, _eval_datasets))

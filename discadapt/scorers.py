@@ -1,0 +1,149 @@
+"""One protocol for everything that scores (image, text) pairs: `score(images_or_latents, prompts) -> (N,)`.
+
+A `Scorer` is what probing tables, best-of-N picks, critics and metrics call; higher means a better match of
+image i with prompt i. A `LatentScorer` can also score the noisy latents of a sampler differentiably, which is what
+self-correction needs (`sampling.SelfCorrection` takes one).
+
+- `AdapterScorer(pipe, adapter, t=...)`: the discriminative adapter's ITM logit (`scoring.itm_score`); a
+  `LatentScorer`.
+- `DenoisingScorer(pipe, num_timesteps=10, unconditional=False)`: minus the denoising error (DiffusionITM,
+  `scoring.denoising_score`).
+- `FunctionScorer(name, fn)`: any function `(images, prompts) -> (N,)`, e.g. a CLIP model's scaled cosine. A world
+  registers its own this way (the shapes world: its CLIP).
+
+Images are PIL images, a `(N, 3, H, W)` float tensor in [0, 1], a `(N, H, W, 3)` uint8 array, or latents
+`(N, C, h, w)` (`as_pixels` converts the array form).
+
+Example:
+    >>> scorer = AdapterScorer(pipe, adapter, t=250)
+    >>> scorer.score(images, ["a red circle", "a blue square"])  # (2,) float32
+    >>> fix = SelfCorrection(scorer, prompt=prompts, scale=0.5)  # any LatentScorer
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from .adapter import DiscriminativeAdapter
+from .probe import FeatureProbe
+from .scoring import adapter_itm_logits, denoising_score, itm_score
+from .text import TextEmbeddings, get_unet
+
+__all__ = ["AdapterScorer", "DenoisingScorer", "FunctionScorer", "LatentScorer", "Scorer", "as_pixels"]
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores of (image i, prompt i) pairs; higher means a better match.
+
+    Attributes:
+        name (str): what the scorer is, for tables and reports.
+    """
+
+    name: str
+
+    def score(self, images_or_latents, prompts: Sequence[str]) -> torch.Tensor:
+        """`(N,)` float scores of N images (or latents) with N prompts."""
+        ...
+
+
+@runtime_checkable
+class LatentScorer(Scorer, Protocol):
+    """A `Scorer` that also scores a sampler's noisy latents, differentiably (self-correction)."""
+
+    pipe: object
+
+    def score_latents(self, model_input: torch.Tensor, t: torch.Tensor, text: TextEmbeddings) -> torch.Tensor:
+        """`(B,)` scores of UNet inputs `model_input` `(B, C, h, w)` at timesteps `t` `(B,)` for encoded prompts
+        `text`, with the autograd graph kept when grad is enabled."""
+        ...
+
+
+def as_pixels(images_or_latents):
+    """A `(N, H, W, 3)` uint8 array as a `(N, 3, H, W)` float tensor in [0, 1]; anything else unchanged."""
+    if isinstance(images_or_latents, np.ndarray) and images_or_latents.dtype == np.uint8:
+        if images_or_latents.ndim != 4 or images_or_latents.shape[-1] != 3:
+            raise ValueError(
+                f"`images_or_latents` is a uint8 array of shape {images_or_latents.shape}; pass (N, H, W, 3) images."
+            )
+        return torch.from_numpy(np.ascontiguousarray(images_or_latents)).permute(0, 3, 1, 2).float() / 255
+    return images_or_latents
+
+
+class AdapterScorer:
+    """The discriminative adapter's ITM logit of a pipeline (a `LatentScorer`).
+
+    Args:
+        pipe: the diffusers pipeline the adapter reads.
+        adapter (`DiscriminativeAdapter`): built for `pipe`.
+        t (`int` or sequence, *optional*): timestep(s) at which images are noised and scored; default the middle.
+        batch_size (`int`, *optional*): pairs per UNet call; all at once by default.
+        name (`str`, defaults to "adapter ITM").
+    """
+
+    def __init__(self, pipe, adapter: DiscriminativeAdapter, t=None, batch_size: int | None = None, name: str = ""):
+        if not isinstance(adapter, DiscriminativeAdapter):
+            raise ValueError(f"`adapter` is a {type(adapter).__name__}; pass a DiscriminativeAdapter.")
+        adapter.check_pipeline(pipe)
+        self.pipe, self.adapter, self.t, self.batch_size = pipe, adapter, t, batch_size
+        self.name = name or "adapter ITM"
+
+    def score(self, images_or_latents, prompts: Sequence[str]) -> torch.Tensor:
+        pixels = as_pixels(images_or_latents)
+        return itm_score(self.pipe, self.adapter, pixels, list(prompts), t=self.t, batch_size=self.batch_size)
+
+    def score_latents(self, model_input: torch.Tensor, t: torch.Tensor, text: TextEmbeddings) -> torch.Tensor:
+        probe = FeatureProbe(get_unet(self.pipe), self.adapter.config.layers, detach=False, early_exit=True)
+        return adapter_itm_logits(self.pipe, self.adapter, probe, model_input, t, text)
+
+
+class DenoisingScorer:
+    """Minus the pipeline's denoising error over timesteps (DiffusionITM), optionally relative to the empty prompt.
+
+    Args:
+        pipe: a diffusers pipeline.
+        num_timesteps (`int`, defaults to 10): evenly spread timesteps.
+        unconditional (`bool`, defaults to False): subtract the unconditional error (DiffusionITM's relative score).
+        batch_size (`int`, *optional*): pairs per UNet call.
+        name (`str`, defaults to "denoising error" or "relative denoising error").
+    """
+
+    def __init__(self, pipe, num_timesteps: int = 10, unconditional: bool = False, batch_size=None, name: str = ""):
+        self.pipe, self.num_timesteps, self.unconditional, self.batch_size = (
+            pipe,
+            num_timesteps,
+            unconditional,
+            batch_size,
+        )
+        self.name = name or ("relative denoising error" if unconditional else "denoising error")
+
+    def score(self, images_or_latents, prompts: Sequence[str]) -> torch.Tensor:
+        return denoising_score(
+            self.pipe,
+            as_pixels(images_or_latents),
+            list(prompts),
+            num_timesteps=self.num_timesteps,
+            unconditional=self.unconditional,
+            batch_size=self.batch_size,
+        )
+
+
+class FunctionScorer:
+    """A `Scorer` from a function `(images_or_latents, prompts) -> (N,)`.
+
+    Args:
+        name (`str`): what it is.
+        fn (`Callable`): the scoring function.
+    """
+
+    def __init__(self, name: str, fn: Callable[[object, list[str]], torch.Tensor]):
+        if not callable(fn):
+            raise ValueError(f"`fn` is a {type(fn).__name__}; pass a function (images, prompts) -> (N,) scores.")
+        self.name, self.fn = name, fn
+
+    def score(self, images_or_latents, prompts: Sequence[str]) -> torch.Tensor:
+        return torch.as_tensor(self.fn(images_or_latents, list(prompts)))

@@ -31,6 +31,7 @@ from diffusers.utils import BaseOutput
 from safetensors import safe_open
 from torch import nn
 
+from .kernels import adapter_intake, compute_dtype, itm_logits
 from .probe import FeatureProbe
 from .text import TextEmbeddings, get_unet, pooled_dim
 
@@ -223,6 +224,7 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
                     pass
             except Exception as err:
                 raise ValueError(f"{weights} is not a valid safetensors file ({err}); save the adapter again.") from err
+        kwargs.pop("use_safetensors", None)  # diffusers' pipeline loader passes it; safetensors only, always
         return super().from_pretrained(pretrained_model_name_or_path, use_safetensors=True, **kwargs)
 
     # forward --------------------------------------------------------------------------------------------------
@@ -261,22 +263,16 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
                 f"`features` have channels {found}, but this adapter expects {list(self.config.in_channels)} "
                 f"(from {list(names)})."
             )
-        batch = maps[0].shape[0]
+        batch, device = maps[0].shape[0], maps[0].device
         h, w = self._grid(maps)
-        x = 0
-        for proj, m in zip(self.proj, maps):
-            m = proj(m.to(self.dtype))  # (B, D, h_l, w_l)
-            if m.shape[-2:] != (h, w):
-                if m.shape[-2] >= h and m.shape[-1] >= w:
-                    m = F.adaptive_avg_pool2d(m, (h, w))
-                else:
-                    m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
-            x = x + m
-        tokens = x.flatten(2).transpose(1, 2)  # (B, h*w, D)
-        pos = sine_position_embedding(self.config.hidden_size, h, w, device=tokens.device).to(tokens.dtype)
-        timestep = torch.as_tensor(timestep, device=tokens.device).reshape(-1).expand(batch)
-        temb = self.time_embedding(self.time_proj(timestep).to(tokens.dtype))  # (B, D)
-        memory = self.encoder(tokens + pos + temb[:, None])  # (B, h*w, D)
+        dtype = compute_dtype(device, self.dtype)  # the tokens' dtype: the adapter's, or autocast's
+        pos = sine_position_embedding(self.config.hidden_size, h, w, device=device)  # (h*w, D) float32
+        timestep = torch.as_tensor(timestep, device=device).reshape(-1).expand(batch)
+        temb = self.time_embedding(self.time_proj(timestep).to(dtype))  # (B, D)
+        # 1x1 conv of each map, resized to (h, w), summed, + pos + temb: a Triton kernel on CUDA (discadapt.kernels)
+        weights, biases = [p.weight for p in self.proj], [p.bias for p in self.proj]
+        tokens = adapter_intake(maps, weights, biases, pos, temb, (h, w), dtype=self.dtype)  # (B, h*w, D)
+        memory = self.encoder(tokens)  # (B, h*w, D)
         queries = self.decoder(self.queries.expand(batch, -1, -1).to(memory.dtype), memory)  # (B, Q, D)
         itm, rec = queries.split([self.config.num_itm_queries, self.config.num_rec_queries], dim=1)
         token_embeds = None
@@ -307,16 +303,5 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
             pairwise (`bool`, defaults to True): score pair b with text b, giving `(B,)`; else every
                 output against every text, giving `(B, T)`.
         """
-        dtype = torch.promote_types(output.itm_embeds.dtype, torch.float32)
-        queries = output.itm_embeds.to(dtype)  # (B, Q, P), normalised
-        text = F.normalize(text_embeds.to(dtype), dim=-1)
-        if pairwise:
-            if text.shape[0] != queries.shape[0]:
-                raise ValueError(
-                    f"pairwise scoring needs one text per output: got {text.shape[0]} texts for "
-                    f"{queries.shape[0]} outputs."
-                )
-            cos = torch.einsum("bqp,bp->bq", queries, text).amax(dim=1)  # (B,)
-        else:
-            cos = torch.einsum("bqp,tp->btq", queries, text).amax(dim=2)  # (B, T)
-        return self.logit_scale.to(dtype).exp() * cos
+        # the queries are unit vectors already; a Triton kernel on CUDA (discadapt.kernels)
+        return itm_logits(output.itm_embeds, text_embeds, self.logit_scale, pairwise=pairwise, normalize_queries=False)

@@ -60,12 +60,14 @@ def generate(args) -> int:
         adapter = DiscriminativeAdapter.from_pretrained(args.adapter).to(args.device)
         pipe = SelfCorrectingPipeline.from_pipe(
             pipe,
-            adapter,
-            scale=args.correction_scale,
-            mode=args.correction_mode,
-            start=args.correction_start,
-            stop=args.correction_stop,
-            normalize=args.correction_normalize,
+            adapter=adapter,
+            correction=dict(
+                scale=args.correction_scale,
+                mode=args.correction_mode,
+                start=args.correction_start,
+                stop=args.correction_stop,
+                normalize=args.correction_normalize,
+            ),
         )
     records = generate_to_folder(
         pipe,

@@ -14,7 +14,10 @@ What it may register:
   that loads a pipeline, and the function that loads it;
 - commands (`add_command`): a function `add(subparsers)` that adds subcommands (e.g. `demo`, `world train`);
 - training data (`add_training_data`): flags of `discadapt probe` / `tune`, the datasets they select, and
-  evaluation sets run on the trained adapter.
+  evaluation sets run on the trained adapter;
+- scorers (`add_scorer`): a named factory of a `scorers.Scorer` (e.g. a world's CLIP);
+- judges (`add_judge`): a named factory of a `scorers.Judge` (e.g. a world's oracle), for evaluation only;
+- suites (`add_suite`): a named factory of a `bench.Suite` (prompts, seeds, a judge), run by `bench.run_suite`.
 
 `registry()` loads every installed plug-in once. The shapes world registers itself this way: nothing in the core
 imports `discadapt.worlds` (a test walks the imports).
@@ -83,6 +86,9 @@ class Registry:
     sources: dict[str, PipelineSource] = field(default_factory=dict)
     commands: list[Callable[[object], None]] = field(default_factory=list)
     training_data: list[TrainingData] = field(default_factory=list)
+    scorers: dict[str, Callable[..., object]] = field(default_factory=dict)
+    judges: dict[str, Callable[..., object]] = field(default_factory=dict)
+    suites: dict[str, Callable[..., object]] = field(default_factory=dict)
 
     def add_source(self, name: str, help: str, load: Callable[[], object]) -> None:
         """Register the flag `--{name}` selecting the pipeline `load()` returns."""
@@ -97,6 +103,25 @@ class Registry:
     def add_training_data(self, data: TrainingData) -> None:
         """Register flags and datasets of `discadapt probe` / `tune`."""
         self.training_data.append(data)
+
+    def _add_named(self, kind: str, table: dict, name: str, factory: Callable[..., object]) -> None:
+        if not isinstance(name, str) or not name or name in table:
+            raise ValueError(f"{kind} {name!r} is registered twice or unnamed; pick another, non-empty name.")
+        if not callable(factory):
+            raise ValueError(f"the factory of {kind} {name!r} is {factory!r}; pass a function returning the {kind}.")
+        table[name] = factory
+
+    def add_scorer(self, name: str, factory: Callable[..., object]) -> None:
+        """Register `factory(**options) -> scorers.Scorer` under `name` (e.g. "world CLIP")."""
+        self._add_named("scorer", self.scorers, name, factory)
+
+    def add_judge(self, name: str, factory: Callable[..., object]) -> None:
+        """Register `factory(**options) -> scorers.Judge` under `name` (e.g. a world's oracle; evaluation only)."""
+        self._add_named("judge", self.judges, name, factory)
+
+    def add_suite(self, name: str, factory: Callable[..., object]) -> None:
+        """Register `factory(**options) -> bench.Suite` under `name` (e.g. "shapes")."""
+        self._add_named("suite", self.suites, name, factory)
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,7 +9,12 @@ self-correction needs (`sampling.SelfCorrection` takes one).
 - `DenoisingScorer(pipe, num_timesteps=10, unconditional=False)`: minus the denoising error (DiffusionITM,
   `scoring.denoising_score`).
 - `FunctionScorer(name, fn)`: any function `(images, prompts) -> (N,)`, e.g. a CLIP model's scaled cosine. A world
-  registers its own this way (the shapes world: its CLIP).
+  registers its own this way (the shapes world: its CLIP, `plugins.Registry.add_scorer`).
+
+A `Judge` gives a verdict per image instead of a score: `judge(images, prompts) -> N Judgement`s (ok, reason,
+marginal). It is what an evaluation suite counts (`bench.Suite`): a world's oracle, registered for evaluation only
+(`plugins.Registry.add_judge`). `FunctionJudge(name, fn)` wraps a function `(image, prompt) -> verdict`;
+`JudgeScorer(judge)` scores 1 for an accepted pair and 0 otherwise, e.g. as an upper bound in a probing table.
 
 Images are PIL images, a `(N, 3, H, W)` float tensor in [0, 1], a `(N, H, W, 3)` uint8 array, or latents
 `(N, C, h, w)` (`as_pixels` converts the array form).
@@ -23,6 +28,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -33,7 +39,18 @@ from .probe import FeatureProbe
 from .scoring import adapter_itm_logits, denoising_score, itm_score
 from .text import TextEmbeddings, get_unet
 
-__all__ = ["AdapterScorer", "DenoisingScorer", "FunctionScorer", "LatentScorer", "Scorer", "as_pixels"]
+__all__ = [
+    "AdapterScorer",
+    "DenoisingScorer",
+    "FunctionJudge",
+    "FunctionScorer",
+    "Judge",
+    "JudgeScorer",
+    "Judgement",
+    "LatentScorer",
+    "Scorer",
+    "as_pixels",
+]
 
 
 @runtime_checkable
@@ -54,8 +71,6 @@ class Scorer(Protocol):
 @runtime_checkable
 class LatentScorer(Scorer, Protocol):
     """A `Scorer` that also scores a sampler's noisy latents, differentiably (self-correction)."""
-
-    pipe: object
 
     def score_latents(self, model_input: torch.Tensor, t: torch.Tensor, text: TextEmbeddings) -> torch.Tensor:
         """`(B,)` scores of UNet inputs `model_input` `(B, C, h, w)` at timesteps `t` `(B,)` for encoded prompts
@@ -147,3 +162,74 @@ class FunctionScorer:
 
     def score(self, images_or_latents, prompts: Sequence[str]) -> torch.Tensor:
         return torch.as_tensor(self.fn(images_or_latents, list(prompts)))
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A judge's verdict on one image and its prompt.
+
+    Attributes:
+        ok (bool): the image shows what the prompt says.
+        reason (str): why not (or what was found). Default "".
+        marginal (bool): one reading near the judge's cut-offs would flip the verdict. Default False.
+    """
+
+    ok: bool
+    reason: str = ""
+    marginal: bool = False
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Verdicts on (image i, prompt i) pairs.
+
+    Attributes:
+        name (str): what the judge is, for reports.
+    """
+
+    name: str
+
+    def judge(self, images, prompts: Sequence[str]) -> list:
+        """N verdicts (with `ok`, `reason`, `marginal`, e.g. `Judgement`) of `(N, H, W, 3)` uint8 images."""
+        ...
+
+
+class FunctionJudge:
+    """A `Judge` from a function `(image (H, W, 3) uint8, prompt) -> verdict` with `ok`, `reason` and `marginal`.
+
+    Args:
+        name (`str`): what it is.
+        fn (`Callable`): the verdict of one image.
+
+    Example:
+        >>> judge = FunctionJudge("dark", lambda image, prompt: Judgement(bool(image.mean() < 128)))
+        >>> [v.ok for v in judge.judge(np.zeros((2, 8, 8, 3), np.uint8), ["a", "b"])]
+        [True, True]
+    """
+
+    def __init__(self, name: str, fn: Callable[[np.ndarray, str], object]):
+        if not callable(fn):
+            raise ValueError(f"`fn` is a {type(fn).__name__}; pass a function (image, prompt) -> verdict.")
+        self.name, self.fn = name, fn
+
+    def judge(self, images, prompts: Sequence[str]) -> list:
+        if isinstance(prompts, str) or len(images) != len(prompts):
+            raise ValueError(f"`prompts` is {prompts!r}; pass one prompt per image ({len(images)}).")
+        return [self.fn(image, prompt) for image, prompt in zip(images, prompts)]
+
+
+class JudgeScorer:
+    """A `Judge` as a `Scorer`: 1.0 where the judge accepts the pair, else 0.0 (for evaluation only: no gradient).
+
+    Args:
+        judge (`Judge`): e.g. a world's oracle.
+        name (`str`, defaults to the judge's name).
+    """
+
+    def __init__(self, judge: Judge, name: str = ""):
+        if not isinstance(judge, Judge):
+            raise ValueError(f"`judge` is a {type(judge).__name__}; pass a Judge (name, judge(images, prompts)).")
+        self.judge, self.name = judge, name or judge.name
+
+    def score(self, images_or_latents, prompts: Sequence[str]) -> torch.Tensor:
+        return torch.tensor([float(v.ok) for v in self.judge.judge(images_or_latents, list(prompts))])

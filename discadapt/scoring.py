@@ -42,16 +42,40 @@ def encode_images(pipe, images) -> torch.Tensor:
     return ((latents - shift) * pipe.vae.config.scaling_factor).to(unet.dtype)
 
 
+def _rgb(images):
+    """PIL images of any mode (grayscale, RGBA, palette) as RGB."""
+    if isinstance(images, PIL.Image.Image):
+        return images.convert("RGB")
+    return [image.convert("RGB") for image in images]
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    """An image tensor `(B, 3, H, W)` as floats in [0, 1]: uint8 is divided by 255; floats are checked."""
+    if x.dtype == torch.uint8:
+        return x.float() / 255
+    if not x.is_floating_point():
+        raise ValueError(f"`images_or_latents` is a {x.dtype} tensor; pass floats in [0, 1] or uint8 in [0, 255].")
+    if not torch.isfinite(x).all():
+        raise ValueError("`images_or_latents` holds NaN or infinite pixels; pass finite images in [0, 1].")
+    low, high = float(x.min()), float(x.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        hint = " (it looks like 0-255: divide by 255)" if high > 2 else ""
+        raise ValueError(f"`images_or_latents` has pixels in [{low:.3g}, {high:.3g}]; pass images in [0, 1]{hint}.")
+    return x
+
+
 def _latents(pipe, images_or_latents) -> torch.Tensor:
     unet = get_unet(pipe)
     x = images_or_latents
     if isinstance(x, PIL.Image.Image) or (isinstance(x, (list, tuple)) and x and isinstance(x[0], PIL.Image.Image)):
-        return encode_images(pipe, x)
+        return encode_images(pipe, _rgb(x))
     if isinstance(x, torch.Tensor) and x.ndim == 4:
-        if x.shape[1] == unet.config.in_channels:
+        if x.shape[1] == unet.config.in_channels and x.dtype != torch.uint8:
+            if not torch.isfinite(x).all():
+                raise ValueError("`images_or_latents` holds NaN or infinite latents; pass finite latents.")
             return x.to(device=unet.device, dtype=unet.dtype)
         if x.shape[1] == 3:
-            return encode_images(pipe, x)
+            return encode_images(pipe, _pixels(x))
     shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
     raise ValueError(
         f"`images_or_latents` is {shape}; pass PIL images, a (B, 3, H, W) image tensor in [0, 1], or latents "
@@ -61,13 +85,25 @@ def _latents(pipe, images_or_latents) -> torch.Tensor:
 
 def _timesteps(pipe, t) -> torch.Tensor:
     num = pipe.scheduler.config.num_train_timesteps
-    ts = torch.as_tensor(t).reshape(-1)
+    if isinstance(t, (str, bytes, float)) or isinstance(t, bool):
+        raise ValueError(f"`t` is {t!r}; pass one or more integer timesteps in [0, {num - 1}], e.g. t=500.")
+    try:
+        ts = torch.as_tensor(t).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"`t` is {t!r}; pass one or more integer timesteps in [0, {num - 1}], e.g. t=500.") from None
     if ts.numel() == 0 or (ts.is_floating_point() and not torch.equal(ts, ts.round())):
         raise ValueError(f"`t` is {t!r}; pass one or more integer timesteps in [0, {num - 1}].")
     ts = ts.long()
     if ts.min() < 0 or ts.max() >= num:
         raise ValueError(f"`t` is {t!r}, outside the scheduler's range: timesteps are 0..{num - 1}.")
     return ts
+
+
+def _check_count(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` is {value!r}; pass an int >= 1{' or None' if allow_none else ''}.")
 
 
 def default_timesteps(pipe, n: int = 10) -> torch.Tensor:
@@ -77,7 +113,11 @@ def default_timesteps(pipe, n: int = 10) -> torch.Tensor:
 
 
 def _check_pairs(latents: torch.Tensor, prompts) -> list[str]:
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"`prompts` is {prompts!r}; pass a string or a list of strings, one per image.")
+    prompts = list(prompts)
     if not prompts:
         raise ValueError("`prompts` is empty; pass one prompt per image.")
     if len(prompts) != latents.shape[0]:
@@ -113,8 +153,9 @@ def add_noise(abar: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torc
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def _prepare(pipe, images_or_latents, prompts, num_timesteps: int, generator, seed):
+def _prepare(pipe, images_or_latents, prompts, num_timesteps: int, generator, seed, batch_size):
     """Checked inputs shared by the scorers: latents (B, C, h, w), B prompts, noise (T, 1, C, h, w)."""
+    _check_count("batch_size", batch_size, allow_none=True)
     latents = _latents(pipe, images_or_latents)
     prompts = _check_pairs(latents, prompts)
     return latents, prompts, _noise(latents, num_timesteps, generator, seed)
@@ -176,7 +217,7 @@ def itm_score(
     unet = get_unet(pipe)
     _check_adapter(adapter, pipe)
     ts = _timesteps(pipe, pipe.scheduler.config.num_train_timesteps // 2 if t is None else t)
-    latents, prompts, noise = _prepare(pipe, images_or_latents, prompts, len(ts), generator, seed)
+    latents, prompts, noise = _prepare(pipe, images_or_latents, prompts, len(ts), generator, seed, batch_size)
     with torch.no_grad():
         text = encode_text(pipe, prompts)
     probe = FeatureProbe(unet, adapter.config.layers, detach=not grad, early_exit=True)
@@ -215,8 +256,10 @@ def denoising_score(
         `torch.Tensor` of shape `(B,)`, float32; higher means a better match.
     """
     unet = get_unet(pipe)
+    if t is None:
+        _check_count("num_timesteps", num_timesteps)
     ts = default_timesteps(pipe, num_timesteps) if t is None else _timesteps(pipe, t)
-    latents, prompts, noise = _prepare(pipe, images_or_latents, prompts, len(ts), generator, seed)
+    latents, prompts, noise = _prepare(pipe, images_or_latents, prompts, len(ts), generator, seed, batch_size)
     abar, prediction_type = _schedule(pipe)
     with torch.no_grad():
         texts = [encode_text(pipe, prompts)]
@@ -240,7 +283,15 @@ def denoising_score(
 
 
 def _check_adapter(adapter: DiscriminativeAdapter, pipe) -> None:
-    """`adapter.check_pipeline(pipe)` once per (adapter, UNet) pair."""
+    """The adapter's type and finite weights, and `adapter.check_pipeline(pipe)` once per (adapter, UNet) pair."""
+    if not isinstance(adapter, DiscriminativeAdapter):
+        raise ValueError(
+            f"`adapter` is a {type(adapter).__name__}; pass a DiscriminativeAdapter (DiscriminativeAdapter."
+            "for_pipeline(pipe) or .from_pretrained(folder))."
+        )
+    bad = next((name for name, p in adapter.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise ValueError(f"The adapter's weight {bad!r} holds NaN or infinite values; load or train it again.")
     key = id(get_unet(pipe))
     if getattr(adapter, "_checked_unet", None) != key:
         adapter.check_pipeline(pipe)

@@ -10,6 +10,7 @@ One place knows how SD-style and SDXL-style pipelines encode prompts:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -74,9 +75,14 @@ def encode_text(pipe, prompts: list[str]) -> TextEmbeddings:
     """
     unet = get_unet(pipe)
     device = unet.device
-    tokens = pipe.tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    )
+    limit = pipe.tokenizer.model_max_length
+    tokens = pipe.tokenizer(prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
+    long = [p for p, ids in zip(prompts, pipe.tokenizer(prompts).input_ids) if len(ids) > limit]
+    if long:  # as diffusers' pipelines do
+        warnings.warn(
+            f"{len(long)} prompt(s) exceed the text encoder's {limit} tokens and are truncated, e.g. {long[0][:80]!r}.",
+            stacklevel=2,
+        )
     mask = tokens.attention_mask.to(device)
     if _is_sdxl(pipe):
         hidden, _, pooled, _ = pipe.encode_prompt(

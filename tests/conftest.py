@@ -5,6 +5,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing local file fails at on
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Without a CUDA device, tests/test_kernels.py runs the Triton kernels in the interpreter, which must be switched on
+# before anything imports triton (diffusers does, below).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from discadapt.testing import tiny_sd_pipeline, tiny_sdxl_pipeline  # noqa: E402
 
 

@@ -11,13 +11,13 @@ from discadapt import encode_images
 from discadapt.data import (
     CaptionedFolder,
     CocoCaptions,
-    LatentCache,
     LazyImages,
     ReferringExpressions,
     load_prompts,
     normalize_box,
 )
 from discadapt.testing import tiny_sd_pipeline
+from discadapt.train import LatentCache
 
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "prompts"
 

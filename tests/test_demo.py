@@ -1,5 +1,6 @@
 """Fast tests of `discadapt demo`: bootstrap intervals (`bench.stats`), the report (`bench.report`), the demo
-(`worlds.shapes.demo`) on a tiny trained world, and the CLI."""
+(`worlds.shapes.demo`, the world's suite `worlds.shapes.suite` run by `bench.run_suite`) on a tiny trained world, and
+the CLI."""
 
 from __future__ import annotations
 
@@ -23,13 +24,16 @@ from discadapt.bench import (
     accuracy_table,
     bootstrap_ci,
     paired_difference_ci,
+    pipeline_method,
     render_html,
     write_report,
 )
 from discadapt.cli import main
+from discadapt.sampling.seeds import image_seed
 from discadapt.worlds.shapes import bundle, check, parse, render
-from discadapt.worlds.shapes.demo import FULL, QUICK, demo_prompts, image_seed, pipeline_method, run_demo
+from discadapt.worlds.shapes.demo import FULL, QUICK, run_demo
 from discadapt.worlds.shapes.models import ModelSizes
+from discadapt.worlds.shapes.suite import OracleJudge, demo_prompts, shapes_suite
 from discadapt.worlds.shapes.train import train_world
 
 SMALL = dict(n_prompts=2, images_per_prompt=2, steps=2, progress=False)
@@ -277,6 +281,13 @@ def test_demo_prompts():
     assert demo_prompts(["single"], n_prompts=10, seed=1) != single
     assert image_seed(0, "a red circle", 1) == image_seed(0, "a red circle", 1)
     assert len({image_seed(s, t, k) for s in (0, 1) for t in ("a red circle", "a blue square") for k in (0, 1)}) == 8
+    suite = shapes_suite(["single", "spatial"], n_prompts=10, images_per_prompt=3, seed=0)
+    assert list(suite.prompts) == prompts and suite.images_per_prompt == 3 and suite.min_image_size == 32
+    assert suite.seeds()[:3] == [image_seed(0, prompts[0].text, k) for k in range(3)]
+    verdicts = OracleJudge().judge(np.stack([render(p.scene) for p in prompts]), [p.text for p in prompts])
+    assert all(v.ok and not v.marginal for v in verdicts)
+    with pytest.raises(ValueError, match=r"`prompts` is \['a red circle'\]; pass one caption per image \(2\)"):
+        OracleJudge().judge(np.zeros((2, 32, 32, 3), np.uint8), ["a red circle"])
 
 
 def test_pipeline_method_is_seeded_per_image(pipe):
@@ -405,6 +416,25 @@ def test_run_demo_user_prompts_quick_and_extra_tables(pipe, tmp_path, capsys):
     assert "adapter ITM vs hard negatives" in page and "probing rows" in page
 
 
+def test_run_demo_continues_and_refuses_other_settings(pipe, tmp_path, capsys):
+    calls = []
+
+    def recording(prompts, seeds):
+        calls.append(list(prompts))
+        return blank(prompts, seeds)
+
+    small = dict(categories=["single"], n_prompts=2, images_per_prompt=1, progress=False, methods={"blank": recording})
+    first = run_demo(pipe, tmp_path, steps=1, **small)
+    assert len(calls) == 1 and (tmp_path / "manifest.json").exists()
+    again = run_demo(pipe, tmp_path, steps=1, **small)  # everything read back from out_dir
+    assert len(calls) == 1 and again["methods"]["base"]["images"] == first["methods"]["base"]["images"]
+    assert again["methods"]["blank"]["seconds"] == first["methods"]["blank"]["seconds"]
+    with pytest.raises(ValueError, match=r"another configuration \(settings.steps: 1 there, 2 now\).*--restart"):
+        run_demo(pipe, tmp_path, steps=2, **small)
+    assert run_demo(pipe, tmp_path, steps=2, resume=False, **small)["settings"]["steps"] == 2 and len(calls) == 2
+    capsys.readouterr()
+
+
 def test_run_demo_quick_defaults(pipe, tmp_path):
     results = run_demo(pipe, tmp_path, quick=True, categories=["single"], steps=1, progress=False)
     assert (results["settings"]["n_prompts"], results["settings"]["images_per_prompt"]) == (8, 2)
@@ -446,12 +476,12 @@ def test_run_demo_bad_methods_and_pipeline(pipe, tmp_path):
     small = dict(categories=["single"], n_prompts=1, images_per_prompt=1, steps=1, progress=False)
     wrong = {"gray": lambda prompts, seeds: np.zeros((len(prompts), 32, 32, 3), np.float32)}
     with pytest.raises(ValueError, match=r"method 'gray' returned ndarray of shape \(1, 32, 32, 3\) and dtype float32"):
-        run_demo(pipe, tmp_path, methods=wrong, **small)
+        run_demo(pipe, tmp_path / "a", methods=wrong, **small)
     tiny = {"tiny": lambda prompts, seeds: np.zeros((len(prompts), 16, 16, 3), np.uint8)}
     with pytest.raises(ValueError, match=r"method 'tiny' returned images of shape \(1, 16, 16, 3\); return"):
-        run_demo(pipe, tmp_path, methods=tiny, **small)
+        run_demo(pipe, tmp_path / "b", methods=tiny, **small)
     with pytest.raises(ValueError, match=r"`extra_tables` function .* returned 3; return a bench.Table"):
-        run_demo(pipe, tmp_path, extra_tables=[lambda p: 3], **small)
+        run_demo(pipe, tmp_path / "c", extra_tables=[lambda p: 3], **small)
     with pytest.raises(ValueError, match=r"`pipe` is '/nonexistent/world', not a folder; pass a diffusers pipeline"):
         run_demo("/nonexistent/world", tmp_path, **small)
 

@@ -6,9 +6,15 @@ import torch
 from PIL import Image
 
 from discadapt import DiscriminativeAdapter, SelfCorrectingPipeline
+from discadapt.bench import pipeline_method
 from discadapt.cli import main
-from discadapt.sampling import generate_to_folder
-from discadapt.testing import tiny_sd_pipeline
+from discadapt.sampling import (
+    StableDiffusionSelfCorrectionPipeline,
+    StableDiffusionXLSelfCorrectionPipeline,
+    generate_to_folder,
+)
+from discadapt.sampling.seeds import image_seed
+from discadapt.testing import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 PROMPTS = ["a red circle", "a blue square", "two green triangles"]
 STEPS = dict(num_inference_steps=3, guidance_scale=5.0)
@@ -29,11 +35,13 @@ def _images(folder):
     return {p.name: np.asarray(Image.open(p)) for p in sorted((folder / "images").glob("*.png"))}
 
 
-def test_self_correcting_pipeline(pipe, adapter):
+def test_self_correcting_pipeline(pipe, adapter, tmp_path):
     def run(p, **kwargs):
         return p(PROMPTS[:2], generator=torch.Generator().manual_seed(0), output_type="pt", **STEPS, **kwargs).images
 
-    sc = SelfCorrectingPipeline.from_pipe(pipe, adapter, scale=2.0, mode="reuse")
+    sc = SelfCorrectingPipeline.from_pipe(pipe, adapter=adapter, correction={"scale": 2.0, "mode": "reuse"})
+    assert type(sc) is StableDiffusionSelfCorrectionPipeline and sc.unet is pipe.unet  # shared, as diffusers' from_pipe
+    assert sc.components["adapter"] is adapter
     plain, corrected = run(pipe), run(sc)
     assert torch.equal(run(sc, correction_scale=0.0), plain) and not torch.allclose(corrected, plain)
     assert not pipe.unet._forward_hooks and not pipe.unet._forward_pre_hooks  # reuse mode cleaned up
@@ -41,9 +49,41 @@ def test_self_correcting_pipeline(pipe, adapter):
     theirs = lambda p, i, t, kw: seen.append(kw["latents"].clone()) or kw  # noqa: E731
     assert torch.equal(run(sc, callback_on_step_end=theirs, callback_on_step_end_tensor_inputs=["latents"]), corrected)
     assert len(seen) == 3
-    assert sc.device == pipe.device  # other attributes are the pipeline's
+
+    # the adapter is a component: it moves with the pipeline, and the moved pipeline still corrects
+    moved = sc.to(torch.float64)
+    assert moved is sc and sc.adapter.dtype == torch.float64 == sc.unet.dtype
+    assert not torch.allclose(run(sc), run(sc, correction_scale=0.0))
+    sc.to(torch.float32)
+
+    # saved and loaded with the adapter and the settings
+    sc.save_pretrained(tmp_path / "sc")
+    back = StableDiffusionSelfCorrectionPipeline.from_pretrained(tmp_path / "sc")
+    assert back.config.correction == {"scale": 2.0, "mode": "reuse"} and torch.equal(run(back), corrected)
+
+    without = SelfCorrectingPipeline.from_pipe(pipe)  # no adapter: the base pipeline's images
+    assert without.adapter is None and torch.equal(run(without), plain)
     with pytest.raises(ValueError, match="`scale` is -1.0"):
-        SelfCorrectingPipeline.from_pipe(pipe, adapter, scale=-1.0)
+        SelfCorrectingPipeline.from_pipe(pipe, adapter=adapter, correction={"scale": -1.0})
+    with pytest.raises(ValueError, match="`prompt` is None; self-correction scores each latent against its prompt"):
+        sc(prompt_embeds=torch.zeros(1, 77, 32), num_inference_steps=1)
+    with pytest.raises(
+        ValueError, match="`pipe` is a str; self-correcting pipelines exist for StableDiffusionPipeline"
+    ):
+        SelfCorrectingPipeline.from_pipe("sd")
+
+
+def test_self_correcting_sdxl_pipeline():
+    xl = tiny_sdxl_pipeline(seed=0)
+    torch.manual_seed(0)
+    adapter = DiscriminativeAdapter.for_pipeline(xl, layers="mid_block", hidden_size=32, num_heads=4)
+    sc = SelfCorrectingPipeline.from_pipe(xl, adapter=adapter, correction={"scale": 2.0})
+    assert type(sc) is StableDiffusionXLSelfCorrectionPipeline
+
+    def run(p, **kwargs):
+        return p(PROMPTS[:2], generator=torch.Generator().manual_seed(0), output_type="pt", **STEPS, **kwargs).images
+
+    assert torch.equal(run(sc, correction_scale=0.0), run(xl)) and not torch.allclose(run(sc), run(xl))
 
 
 def test_generate_to_folder_is_batch_independent_and_resumable(pipe, tmp_path):
@@ -66,7 +106,7 @@ def test_generate_to_folder_is_batch_independent_and_resumable(pipe, tmp_path):
         "prompt": "a blue square",
         "prompt_index": 1,
         "image": 1,
-        "seed": 3,
+        "seed": image_seed(0, "a blue square", 1),
     }
     # interrupted run: one image missing; only its prompt is generated again, identically
     (tmp_path / "a" / "images" / "00001-1.png").unlink()
@@ -76,6 +116,21 @@ def test_generate_to_folder_is_batch_independent_and_resumable(pipe, tmp_path):
     assert np.array_equal(_images(tmp_path / "a")["00001-1.png"], a["00001-1.png"])
     with pytest.raises(ValueError, match="`prompts` is empty"):
         generate_to_folder(pipe, [], tmp_path / "c")
+
+
+def test_generate_draws_the_images_of_the_runner(pipe, tmp_path):
+    """One seed function: `discadapt generate`'s images are the evaluation runner's (`bench.pipeline_method`, hence
+    `discadapt demo`'s) for the same prompt, seed and settings, wherever the prompt stands in the list."""
+    generate_to_folder(pipe, PROMPTS, tmp_path, images_per_prompt=2, batch_size=2, seed=7, progress=False, **STEPS)
+    runner = pipeline_method(pipe, steps=3, guidance=5.0)
+    seeds = [image_seed(7, p, k) for p in PROMPTS for k in range(2)]
+    want = runner([p for p in PROMPTS for _ in range(2)], seeds)
+    got = _images(tmp_path)
+    for j, image in enumerate(want):
+        assert np.abs(got[f"{j // 2:05d}-{j % 2}.png"].astype(int) - image.astype(int)).max() <= 1  # batch rounding
+    alone = generate_to_folder(pipe, PROMPTS[2:], tmp_path / "alone", seed=7, progress=False, **STEPS)
+    assert alone[0]["seed"] == seeds[4]  # the same prompt, first in another list: the same seed
+    assert np.abs(_images(tmp_path / "alone")["00000-0.png"].astype(int) - want[4].astype(int)).max() <= 1
 
 
 def _lora(pipe, folder):

@@ -42,13 +42,18 @@ def _generate(pipe, callback=None, steps=4, **kwargs):
 
 
 class Linear:
-    """s(x, y) = <w, x> on the UNet input x: grad_z s = w * d x / d z."""
+    """A `LatentScorer`: s(x, y) = <w, x> on the UNet input x, so grad_z s = w * d x / d z."""
+
+    name = "linear"
 
     def __init__(self, shape, infinite=False):
         self.w = torch.randn(shape, generator=torch.Generator().manual_seed(9))
         self.infinite = infinite
 
-    def __call__(self, model_input, t, text):
+    def score(self, images_or_latents, prompts):
+        return self.score_latents(images_or_latents, None, None)
+
+    def score_latents(self, model_input, t, text):
         w = self.w * (math.inf if self.infinite else 1.0)
         return (w * model_input).flatten(1).sum(1)
 
@@ -134,7 +139,8 @@ def test_recorder_splits_the_guided_batch():
         recorder = UNetPassRecorder(pipe, ["mid_block"], batch=2).attach()
         got = pipe.unet(sample, t, encoder_hidden_states=text, return_dict=False)[0]
         recorder.remove()
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # two half-batch calls round differently from one batched call (seen here: 1.3e-6 on values of about 5e-3)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert calls == [2, 2]  # two calls of the half batch
     assert recorder.input.shape[0] == 2 and torch.equal(recorder.input, sample[2:])
     assert recorder.features["mid_block"].shape[0] == 2 and recorder.features["mid_block"].grad_fn is not None
@@ -228,6 +234,16 @@ def test_non_finite_gradient_skips_the_step(pipe):
     assert torch.equal(out["latents"], z)
 
 
+def test_corrected_latent_that_overflows_its_dtype_is_skipped(pipe):
+    """A finite gradient times a large step can overflow float16: the step is skipped, never a NaN image."""
+    pipe.scheduler.set_timesteps(4)
+    fix = SelfCorrection(Linear((1, 4, 16, 16)), PROMPTS, scale=1e6)
+    z = torch.randn(2, 4, 16, 16).half()
+    with pytest.warns(UserWarning, match=r"corrected latent at step 0 is not finite in torch.float16"):
+        out = fix(pipe, 0, pipe.scheduler.timesteps[0], {"latents": z.clone()})
+    assert torch.equal(out["latents"], z)
+
+
 def test_gradient_in_float32_for_a_bfloat16_pipeline():
     pipe = tiny_sd_pipeline(seed=0).to(torch.bfloat16)
     torch.manual_seed(0)
@@ -251,8 +267,8 @@ def test_sdxl_with_guidance():
 
 
 def test_bad_inputs(pipe, adapter):
-    for scale in (-1.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="`scale` is .*; pass a finite value >= 0"):
+    for scale in (-1.0, float("nan"), float("inf"), "0.5", None, True):
+        with pytest.raises(ValueError, match="`scale` is .*; pass a finite number >= 0"):
             SelfCorrection(adapter, PROMPTS, scale=scale)
     with pytest.raises(ValueError, match="start=0.8, stop=0.2; pass 0 <= start <= stop <= 1"):
         SelfCorrection(adapter, PROMPTS, start=0.8, stop=0.2)
@@ -268,6 +284,8 @@ def test_bad_inputs(pipe, adapter):
         SelfCorrection(adapter, PROMPTS, mode="reuse", iterations=2)
     with pytest.raises(ValueError, match="got Linear, iterations=1"):
         SelfCorrection(Linear((1, 4, 16, 16)), PROMPTS, mode="reuse")
+    with pytest.raises(ValueError, match=r"`scorer` is a function; pass a DiscriminativeAdapter or a scorers.Latent"):
+        SelfCorrection(lambda x, t, text: x.sum(), PROMPTS)
     with pytest.raises(ValueError, match="`prompt` is empty"):
         SelfCorrection(adapter, [])
     with pytest.raises(ValueError, match="batch has 3 latents, not a multiple of the 2 prompts"):
@@ -288,3 +306,12 @@ def test_pipeline_or_adapter_that_does_not_fit(pipe, adapter):
     )
     with pytest.raises(ValueError, match=r"expects features with channels \[32\] .* gives \[64\]"):
         _generate(pipe, SelfCorrection(other, PROMPTS))
+
+
+def test_settings_are_the_callbacks_config(adapter):
+    fix = SelfCorrection(adapter, PROMPTS, scale=0.5, stop=0.6, normalize="unit", mode="reuse")
+    config = {k: v for k, v in fix.config.items() if not k.startswith("_")}
+    assert config == dict(
+        scale=0.5, start=0.0, stop=0.6, schedule="constant", normalize="unit", max_grad_norm=1.0, iterations=1,
+        mode="reuse", cutoff_step_ratio=1.0, cutoff_step_index=None,
+    )  # fmt: skip

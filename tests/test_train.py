@@ -95,7 +95,7 @@ def test_probe_trains_only_the_adapter(tmp_path):
     initial = DiscriminativeAdapter.for_pipeline(pipe, ["up_blocks.0"], **SMALL)
     start = state(initial)
     result = train_probe(pipe, toy_items(), tmp_path / "run", probe_config(), adapter=initial, progress=False)
-    assert result["done"] and result["step"] == 4 and result["lora"] is None
+    assert result["done"] and result["step"] == 4 and "lora" not in result
     for name, before in frozen.items():
         assert_same_state(before, state(getattr(pipe, name)))
     trained = DiscriminativeAdapter.from_pretrained(result["adapter"])
@@ -106,7 +106,7 @@ def test_probe_trains_only_the_adapter(tmp_path):
     assert [e["step"] for e in log] == [1, 2, 3, 4]
     assert all(np.isfinite(e["loss"]) and e["loss_itm_text"] > 0 for e in log)
     record = json.loads((tmp_path / "run" / "train_config.json").read_text())
-    assert record["stage"] == "probe" and record["config"]["lr"] == 1e-3 and record["run"]["num_processes"] == 1
+    assert record["objective"] == "probe" and record["config"]["lr"] == 1e-3 and record["run"]["num_processes"] == 1
 
 
 @pytest.mark.parametrize("itm_text", ["pooled", "tokens"])
@@ -123,7 +123,7 @@ def test_probe_loss_decreases_on_an_overfit_batch(tmp_path, itm_text):
 
 def _interrupt_at(monkeypatch, calls: int):
     """Make the objective raise on its `calls`-th forward (a crash mid-run, after earlier checkpoints)."""
-    forward, count = objective_module.Objective.forward, [0]
+    forward, count = objective_module.DiscriminativeLoss.forward, [0]
 
     def crashing(self, *args, **kwargs):
         count[0] += 1
@@ -131,7 +131,7 @@ def _interrupt_at(monkeypatch, calls: int):
             raise KeyboardInterrupt("killed")
         return forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(objective_module.Objective, "forward", crashing)
+    monkeypatch.setattr(objective_module.DiscriminativeLoss, "forward", crashing)
 
 
 @pytest.mark.parametrize("how", ["stop_after", "crash"])
@@ -437,7 +437,7 @@ def test_resume_refuses_another_configuration_and_writes_nothing(tmp_path):
         train_probe(tiny_sd_pipeline(), items, out, probe_config(steps=3, lr=2e-3), resume=True, progress=False)
     with pytest.raises(ValueError, match=r"run.dataset.length: saved 3, now 2"):
         train_probe(tiny_sd_pipeline(), items[:2], out, probe_config(steps=3), resume=True, progress=False)
-    with pytest.raises(ValueError, match=r"stage: saved 'probe', now 'tune'"):
+    with pytest.raises(ValueError, match=r"objective: saved 'probe', now 'tune'"):
         train_tune(tiny_sd_pipeline(), items, out, tune_config(steps=3), resume=True, progress=False)
     assert folder_bytes(out) == before
     # the same settings with more steps (constant schedule) extend the run

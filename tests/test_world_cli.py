@@ -30,9 +30,11 @@ def test_world_train_errors(tmp_path, capsys):
     main(["world", "train", "--out", str(tmp_path), "--steps", "1", "--tiny", "--stop-after", "1"])
     capsys.readouterr()
     assert main(["world", "train", "--out", str(tmp_path), "--steps", "1", "--seed", "3", "--tiny"]) == 2
-    assert "another configuration (seed: saved 0, now 3)" in capsys.readouterr().err
-    assert main(["world", "bundle", str(tmp_path / "nothing")]) == 2
-    assert "no checkpoint under" in capsys.readouterr().err
+    assert "another configuration (config.seed: saved 0, now 3)" in capsys.readouterr().err
+    assert main(["world", "bundle", str(tmp_path)]) == 2  # an unfinished run
+    assert f"{tmp_path / 'world' / 'pipeline'} is missing: {tmp_path / 'world'} is not a finished" in (
+        capsys.readouterr().err
+    )
     assert main(["world", "bundle", "--tune", str(tmp_path)]) == 2
     assert f"{tmp_path / 'lora'} is missing: has that run finished? Nothing was bundled." in capsys.readouterr().err
     assert main(["world", "bundle"]) == 2

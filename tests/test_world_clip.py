@@ -12,24 +12,26 @@ from transformers import CLIPModel
 
 from discadapt.testing import assert_same_state
 from discadapt.tokenizer import clip_tokenizer
+from discadapt.train.runs import RunDir
 from discadapt.worlds.shapes import CATEGORIES, KINDS, make_dataset, render
 from discadapt.worlds.shapes.clip import (
     WorldClipConfig,
     WorldClipSizes,
-    _examples,
-    _main,
     clip_logits,
     clip_scores,
     evaluate_world_clip,
-    load_checkpoint,
-    load_world_clip,
     make_world_clip,
     preprocess,
     tokenize,
-    train_world_clip,
     world_clip_loss,
 )
+from discadapt.worlds.shapes.clip.train import examples_of_step, load_world_clip, train_world_clip
 from discadapt.worlds.shapes.models import CLIP_BOS, CLIP_EOS, count_parameters
+
+
+def load_checkpoint(out):
+    return RunDir(out).load_checkpoint()
+
 
 TINY = dict(steps=3, batch_size=4, sizes=WorldClipSizes.tiny(), progress=False, warmup_steps=1)
 
@@ -204,7 +206,7 @@ def test_training_writes_a_loadable_model(straight, examples):
     assert json.loads((out / "model" / "train_step.json").read_text()) == {"step": 3}
     loaded = load_world_clip(out)
     assert isinstance(loaded, CLIPModel) and not loaded.training
-    assert_same_state(dict(loaded.state_dict()), dict(load_checkpoint(out)["model"]))
+    assert_same_state(dict(loaded.state_dict()), load_checkpoint(out).trainable)
     data, images = examples
     texts = [e.caption.text for e in data]
     torch.testing.assert_close(clip_scores(loaded, images, texts), clip_scores(loaded, images, texts, batch_size=1))
@@ -218,12 +220,12 @@ def test_resume_reaches_the_same_weights(straight, tmp_path):
     assert first["step"] == 1 and not first["done"] and first["model"] is None
     assert not (tmp_path / "model").exists()
     partial = load_world_clip(tmp_path)  # an unfinished run: the newest checkpoint's weights
-    assert_same_state(dict(partial.state_dict()), dict(load_checkpoint(tmp_path)["model"]))
+    assert_same_state(dict(partial.state_dict()), load_checkpoint(tmp_path).trainable)
     second = train_world_clip(tmp_path, **args)
     assert second["done"] and second["step"] == 3
     # the newest 2 are kept, no temporary folder is left behind
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000002", "step-0000003"]
-    assert_same_state(load_checkpoint(tmp_path), load_checkpoint(straight[0]))  # model, optimizer and step
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
+    assert_same_state(vars(load_checkpoint(tmp_path)), vars(load_checkpoint(straight[0])))  # model, optimizer, step
     assert second["loss"] == straight[1]["loss"]
 
 
@@ -231,14 +233,15 @@ def test_config_mismatch_on_resume_names_the_fields(tmp_path):
     train_world_clip(tmp_path, stop_after=1, **TINY)
     saved = (tmp_path / "train_config.json").read_text()
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    with pytest.raises(ValueError, match=r"another configuration \(seed: saved 0, now 1\)"):
+    with pytest.raises(ValueError, match=r"another configuration \(config.seed: saved 0, now 1\)"):
         train_world_clip(tmp_path, **{**TINY, "seed": 1})
-    with pytest.raises(ValueError, match="sizes.vision_layers: saved 1, now 2"):
+    with pytest.raises(ValueError, match="config.sizes.vision_layers: saved 1, now 2"):
         train_world_clip(
             tmp_path, **{**TINY, "sizes": WorldClipSizes(**{**WorldClipSizes.tiny().to_dict(), "vision_layers": 2})}
         )
     with pytest.raises(
-        ValueError, match="batch_size: saved 4, now 5; lr: saved 0.002, now 0.001; steps: saved 3, now 4"
+        ValueError,
+        match="config.batch_size: saved 4, now 5; config.lr: saved 0.002, now 0.001; config.steps: saved 3, now 4",
     ):
         train_world_clip(tmp_path, **{**TINY, "batch_size": 5, "lr": 1e-3, "steps": 4})
     assert (tmp_path / "train_config.json").read_text() == saved
@@ -284,12 +287,12 @@ def test_bad_sizes_are_refused():
 def test_unused_token_rows_keep_their_initial_values(straight):
     """Bundles store only the token-embedding rows the world uses; the others must equal the seeded init."""
     out, _ = straight
-    trained = load_checkpoint(out)["model"]["text_model.embeddings.token_embedding.weight"]
+    trained = load_checkpoint(out).trainable["text_model.embeddings.token_embedding.weight"]
     initial = make_world_clip(WorldClipSizes.tiny(), seed=0).text_model.embeddings.token_embedding.weight.detach()
     config = WorldClipConfig(**{k: v for k, v in TINY.items() if k != "progress"})
     used = set()
     for step in range(config.steps):
-        batch, chosen = _examples(config, step)
+        batch, chosen = examples_of_step(config, step)
         texts = [e.caption.text for e in batch] + [
             e.negatives[k].caption.text for e, ks in zip(batch, chosen) for k in ks
         ]
@@ -300,7 +303,7 @@ def test_unused_token_rows_keep_their_initial_values(straight):
     keep[sorted(changed)] = False
     assert torch.equal(trained[keep], initial[keep])
     # the token embedding has its own optimizer group, without weight decay
-    groups = load_checkpoint(out)["opt"]["param_groups"]
+    groups = load_checkpoint(out).optimizer["param_groups"]
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0, 0.0] and len(groups[2]["params"]) == 1
 
 
@@ -325,11 +328,3 @@ def test_evaluate_reports_every_category(straight):
         evaluate_world_clip(model, split="val")
     with pytest.raises(ValueError, match="`category` is 'colours'"):
         evaluate_world_clip(model, categories=["colours"])
-
-
-def test_command_line_prints_json(tmp_path, capsys):
-    _main([str(tmp_path), "--tiny", "--steps", "2", "--batch-size", "3", "--evaluate", "2"])
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["done"] and result["step"] == 2 and result["model"] == str(tmp_path / "model")
-    assert set(result["evaluation"]) == {"test_id", "test_ood"}
-    assert set(result["evaluation"]["test_id"]["text"]) == {*CATEGORIES, "all"}

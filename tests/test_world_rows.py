@@ -66,7 +66,7 @@ def test_correction_rows_and_adapter_probing_row(world):
         images = generate(["a red circle", "two blue squares"], [0, 1])
         assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
     zero = correction_methods(pipe, adapter, steps=2, guidance=4.0, scale=0.0)["self-correction (plain)"]
-    from discadapt.worlds.shapes.demo import pipeline_method
+    from discadapt.bench import pipeline_method
 
     base = pipeline_method(pipe, 2, 4.0)(["a red circle"], [3])
     assert np.array_equal(zero(["a red circle"], [3]), base)  # scale 0 is the base row, bit for bit
@@ -92,9 +92,9 @@ def test_adapter_table_pools_evaluate_adapter(world):
 
 
 def test_lora_bundle_tuned_rows_and_demo_rows(world_root, world, tmp_path):
+    from discadapt.bench import pipeline_method
     from discadapt.train import TuneConfig, add_lora, save_lora
     from discadapt.worlds.shapes.bundle import bundle_lora, load_lora
-    from discadapt.worlds.shapes.demo import pipeline_method
     from discadapt.worlds.shapes.rows import demo_rows, tuned_methods
 
     pipe, adapter = world

@@ -1,6 +1,14 @@
-"""Benchmarks: statistics (`stats`: bootstrap confidence intervals clustered by prompt, of accuracies and of paired
-differences) and output (`report`: text tables, `results.json` and a self-contained `report.html`). Generic:
-nothing here knows a world or a model.
+"""The one evaluation runner: a suite's prompts and seeds x methods -> judged images, statistics, tables, a report.
+
+- `suite.py`: `Prompt`, `Suite` (prompts with category / split / group, images per prompt, seeds, a judge).
+- `methods.py`: `Method` (`(prompts, seeds) -> (N, S, S, 3)` uint8), `pipeline_method` (a diffusers pipeline with one
+  seeded generator per image, the seeds of `discadapt generate`).
+- `runner.py`: `run_suite`: batches interleaved across methods, resumable through a manifest, intervals and paired
+  differences to the first method, timing ratios, tables, results.json and report.html.
+- `stats.py`: bootstrap confidence intervals clustered by prompt, of accuracies and of paired differences.
+- `report.py`: text tables, `results.json` and a self-contained `report.html`.
+
+Generic: nothing here knows a world or a model; a world supplies suites and judges (`plugins`).
 
 Example:
     >>> from discadapt.bench import bootstrap_ci
@@ -8,17 +16,28 @@ Example:
     '0.500 [0.200, 0.800]'
 """
 
-from .report import ReportRow, Table, accuracy_table, atomic_write, render_html, write_report
+from .methods import Method, check_images, pipeline_method
+from .report import ReportRow, Table, accuracy_table, render_html, write_report
+from .runner import BATCH_SIZE, GRID_IMAGES, run_suite, versions
 from .stats import Interval, bootstrap_ci, paired_difference_ci
+from .suite import Prompt, Suite
 
 __all__ = [
+    "BATCH_SIZE",
+    "GRID_IMAGES",
     "Interval",
+    "Method",
+    "Prompt",
     "ReportRow",
+    "Suite",
     "Table",
     "accuracy_table",
-    "atomic_write",
     "bootstrap_ci",
+    "check_images",
     "paired_difference_ci",
+    "pipeline_method",
     "render_html",
+    "run_suite",
+    "versions",
     "write_report",
 ]

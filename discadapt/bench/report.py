@@ -11,7 +11,7 @@ Knows nothing of any world or model. Its inputs:
 `report.html`: a bar chart per category (inline SVG, one bar per method, whiskers at the interval's ends), the
 accuracy table, the extra tables, and an image grid per method and category (PNG data URIs, upscaled with
 nearest-neighbour so 32-pixel images stay sharp), every caption and note escaped. No external assets: the file
-opens offline and can be mailed. Both files are written to a temporary name and renamed (`os.replace`).
+opens offline and can be mailed. Both files are written atomically (`io.write_atomic`).
 
 Example:
     >>> import numpy as np
@@ -36,14 +36,15 @@ import io
 import json
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ReportRow", "Table", "accuracy_table", "atomic_write", "render_html", "write_report"]
+from ..io import write_atomic
+
+__all__ = ["ReportRow", "Table", "accuracy_table", "render_html", "write_report"]
 
 GRID_PIXELS = 96  # side of an image in the grids
 MAX_GRID_IMAGES = 40  # images shown per method and category
@@ -183,21 +184,6 @@ def accuracy_table(rows: Sequence[ReportRow], title: str = "accuracy [95% CI]") 
         counts.append(f"{first.n_prompts} / {first.n_images}")
     body = [[m] + [cell[m, c].label if (m, c) in cell else "" for c in categories] for m in methods]
     return Table(title, ["method"] + categories, [counts] + body)
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`: readers see the old
-    file or the new one, never half of it. Returns the path."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # created with the umask's mode
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # ---- HTML -------------------------------------------------------------------------------------------------------
@@ -354,7 +340,7 @@ def write_report(
     text = json.dumps(results, indent=1, allow_nan=False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return {
-        "results": atomic_write(out / "results.json", text + "\n"),
-        "report": atomic_write(out / "report.html", page),
-    }
+    paths = {"results": out / "results.json", "report": out / "report.html"}
+    write_atomic(paths["results"], text + "\n")
+    write_atomic(paths["report"], page)
+    return paths

@@ -4,20 +4,18 @@
 - `refcoco.py`: `ReferringExpressions`, MDETR/RefCOCO COCO-format JSON or a plain list; boxes as normalised cxcywh.
 - `folder.py`: `CaptionedFolder`, a folder of images with a captions file (.jsonl, .txt/.tsv, .csv).
 - `prompts.py`: `load_prompts`, one-prompt-a-line files (T2I-CompBench, CC-500, ABC-6K).
-- `latent_cache.py`: `LatentCache`, VAE latents cached in safetensors shards, resumable.
 
-Every reader checks that its image files exist when it is built and opens an image only when an item is read.
+Every reader checks that its image files exist when it is built and opens an image only when an item is read. (The
+VAE latent cache, which needs a pipeline, is `discadapt.train.LatentCache`.)
 
 Example:
-    >>> from discadapt.data import CocoCaptions, LatentCache
+    >>> from discadapt.data import CocoCaptions
     >>> data = CocoCaptions("captions_train2017.json", "train2017")
-    >>> cache = LatentCache.build(pipe, data, "latents/")
 """
 
 from ._files import LazyImages
 from .coco import CocoCaptions
 from .folder import CAPTION_FILES, CaptionedFolder
-from .latent_cache import LatentCache, vae_fingerprint
 from .prompts import load_prompts
 from .refcoco import ReferringExpressions, normalize_box
 
@@ -25,10 +23,8 @@ __all__ = [
     "CAPTION_FILES",
     "CaptionedFolder",
     "CocoCaptions",
-    "LatentCache",
     "LazyImages",
     "ReferringExpressions",
     "load_prompts",
     "normalize_box",
-    "vae_fingerprint",
 ]

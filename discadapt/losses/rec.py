@@ -212,6 +212,43 @@ def rec_loss(
         `dict[str, torch.Tensor]`: float32 scalars `loss_ce`, `loss_l1`, `loss_giou`, `loss_align` (0 when
         `align_weight` is 0) and their weighted sum `loss`.
     """
+    config, indices, num_boxes = _check_matching(logits, boxes, targets, config, indices, num_boxes)
+    batch, num_queries = logits.shape[:2]
+    align = config.align_weight > 0
+    if align:
+        rec_embeds, token_embeds, token_mask = _check_alignment_inputs(
+            rec_embeds, token_embeds, token_mask, batch, num_queries
+        )
+        positive = _positive_map(targets, indices, (batch, num_queries, token_embeds.shape[1]), token_mask)
+    device = logits.device
+    with full_precision(device):
+        losses = _matched_losses(upcast(logits), upcast(boxes), targets, indices, config, num_boxes)
+        if align:
+            loss_align = (
+                _alignment_loss(
+                    upcast(rec_embeds),
+                    upcast(token_embeds).to(device),
+                    positive.to(device),
+                    token_mask.to(device),
+                    config.temperature,
+                )
+                / num_boxes
+            )
+        else:
+            loss_align = torch.zeros((), dtype=losses["loss_ce"].dtype, device=device)
+        losses["loss_align"] = loss_align
+        losses["loss"] = (
+            config.ce_weight * losses["loss_ce"]
+            + config.l1_weight * losses["loss_l1"]
+            + config.giou_weight * losses["loss_giou"]
+            + config.align_weight * loss_align
+        )
+    return losses
+
+
+def _check_matching(logits, boxes, targets, config, indices, num_boxes):
+    """`(config, indices, num_boxes)` of `rec_loss` after checking its inputs; the matching is computed when not
+    given, N defaults to the number of target boxes (at least 1)."""
     config = RECLossConfig() if config is None else config
     if not isinstance(config, RECLossConfig):
         raise ValueError(f"`config` is a {type(config).__name__}; pass a RECLossConfig.")
@@ -229,51 +266,30 @@ def rec_loss(
         num_boxes = max(sum(sizes), 1)
     elif not num_boxes > 0:
         raise ValueError(f"`num_boxes` is {num_boxes}; pass the (positive) number of target boxes.")
-    align = config.align_weight > 0
-    if align:
-        rec_embeds, token_embeds, token_mask = _check_alignment_inputs(
-            rec_embeds, token_embeds, token_mask, batch, num_queries
-        )
-        positive = _positive_map(targets, indices, (batch, num_queries, token_embeds.shape[1]), token_mask)
+    return config, indices, num_boxes
 
+
+def _matched_losses(
+    logits: torch.Tensor, boxes: torch.Tensor, targets, indices, config: RECLossConfig, num_boxes: float
+) -> dict[str, torch.Tensor]:
+    """`loss_ce` over all queries and `loss_l1`, `loss_giou` over the matched ones (full-precision inputs)."""
+    batch, num_queries = logits.shape[:2]
     device = logits.device
     batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)]).to(device)  # (N,)
     query_idx = torch.cat([q for q, _ in indices]).to(device)  # (N,)
-    with full_precision(device):
-        logits, boxes = upcast(logits), upcast(boxes)
-        # classification: matched queries are "object" (0), all others "no object" (1)
-        classes = torch.ones(batch, num_queries, dtype=torch.int64, device=device)  # (B, Q)
-        classes[batch_idx, query_idx] = 0
-        class_weight = torch.tensor([1.0, config.no_object_weight], dtype=logits.dtype, device=device)
-        loss_ce = F.cross_entropy(logits.flatten(0, 1), classes.flatten(), weight=class_weight)  # weighted mean
-        # boxes: matched pairs only
-        pred = boxes[batch_idx, query_idx]  # (N, 4)
-        tgt = torch.cat([upcast(t["boxes"]).to(device)[ti.to(device)] for t, (_, ti) in zip(targets, indices)])
-        tgt = tgt.to(pred.dtype)  # (N, 4), target j of each sample in matched order
-        loss_l1 = (pred - tgt).abs().sum() / num_boxes
-        giou = generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tgt), aligned=True)  # (N,)
-        loss_giou = (1 - giou).sum() / num_boxes
-        if align:
-            loss_align = (
-                _alignment_loss(
-                    upcast(rec_embeds),
-                    upcast(token_embeds).to(device),
-                    positive.to(device),
-                    token_mask.to(device),
-                    config.temperature,
-                )
-                / num_boxes
-            )
-        else:
-            loss_align = torch.zeros((), dtype=logits.dtype, device=device)
-        losses = {"loss_ce": loss_ce, "loss_l1": loss_l1, "loss_giou": loss_giou, "loss_align": loss_align}
-        losses["loss"] = (
-            config.ce_weight * loss_ce
-            + config.l1_weight * loss_l1
-            + config.giou_weight * loss_giou
-            + config.align_weight * loss_align
-        )
-    return losses
+    # classification: matched queries are "object" (0), all others "no object" (1)
+    classes = torch.ones(batch, num_queries, dtype=torch.int64, device=device)  # (B, Q)
+    classes[batch_idx, query_idx] = 0
+    class_weight = torch.tensor([1.0, config.no_object_weight], dtype=logits.dtype, device=device)
+    loss_ce = F.cross_entropy(logits.flatten(0, 1), classes.flatten(), weight=class_weight)  # weighted mean
+    # boxes: matched pairs only
+    pred = boxes[batch_idx, query_idx]  # (N, 4)
+    tgt = torch.cat([upcast(t["boxes"]).to(device)[ti.to(device)] for t, (_, ti) in zip(targets, indices)])
+    tgt = tgt.to(pred.dtype)  # (N, 4), target j of each sample in matched order
+    loss_l1 = (pred - tgt).abs().sum() / num_boxes
+    giou = generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tgt), aligned=True)  # (N,)
+    loss_giou = (1 - giou).sum() / num_boxes
+    return {"loss_ce": loss_ce, "loss_l1": loss_l1, "loss_giou": loss_giou}
 
 
 class RECLoss(nn.Module):

@@ -1,7 +1,20 @@
 """Sampling-time methods that wrap a diffusers pipeline's denoising loop."""
 
 from .generate import generate_to_folder
-from .pipeline import SelfCorrectingPipeline
+from .pipeline import (
+    SelfCorrectingPipeline,
+    SelfCorrectionMixin,
+    StableDiffusionSelfCorrectionPipeline,
+    StableDiffusionXLSelfCorrectionPipeline,
+)
 from .self_correction import SCHEDULES, SelfCorrection
 
-__all__ = ["SCHEDULES", "SelfCorrectingPipeline", "SelfCorrection", "generate_to_folder"]
+__all__ = [
+    "SCHEDULES",
+    "SelfCorrectingPipeline",
+    "SelfCorrection",
+    "SelfCorrectionMixin",
+    "StableDiffusionSelfCorrectionPipeline",
+    "StableDiffusionXLSelfCorrectionPipeline",
+    "generate_to_folder",
+]

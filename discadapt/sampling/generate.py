@@ -3,9 +3,11 @@
     out/images/00012-1.png     image 1 of prompt 12
     out/generations.jsonl      one line per image: file, prompt, prompt index, image index, seed
 
-Image k of prompt i is drawn with its own generator, seeded `seed + i * images_per_prompt + k`, so the images do
-not depend on the batching, and an interrupted run continues where it stopped: images already written (each
-written under a temporary name, then renamed) are skipped.
+Image k of a prompt is drawn with its own generator, seeded `image_seed(seed, prompt, k)` (`sampling.seeds`, the
+seed of every generation path: `discadapt demo` draws a prompt's images with the same noise), so the images depend
+neither on the batching nor on the prompt's place in the list (a prompt listed twice gets the same images twice; ask
+for more with `images_per_prompt`). An interrupted run continues where it stopped: images already written (each
+written atomically, `io.write_atomic`) are skipped.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
+
+from ..io import clean_temporary, write_atomic
+from .seeds import image_generators, image_seed
 
 __all__ = ["generate_to_folder"]
 
@@ -42,7 +46,7 @@ def generate_to_folder(
         prompts (`list[str]`): the prompts.
         out (`str` or `os.PathLike`): output folder (created).
         images_per_prompt (`int`, defaults to 1), batch_size (`int`, defaults to 4): prompts per pipeline call.
-        seed (`int`, defaults to 0): base seed.
+        seed (`int`, defaults to 0): the run's seed; image k of prompt p uses `image_seed(seed, p, k)`.
         progress (`bool`, defaults to True): show a progress bar.
         **pipe_kwargs: e.g. `num_inference_steps`, `guidance_scale`.
 
@@ -55,30 +59,27 @@ def generate_to_folder(
         raise ValueError(f"`images_per_prompt` ({images_per_prompt}) and `batch_size` ({batch_size}) must be >= 1.")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    clean_temporary(out / "images")  # what a killed run left
     n = images_per_prompt
     todo = [i for i in range(len(prompts)) if not all(_image_path(out, i, k).exists() for k in range(n))]
     for start in tqdm(range(0, len(todo), batch_size), disable=not progress, desc="generating", unit="batch"):
         batch = todo[start : start + batch_size]
-        generators = [torch.Generator().manual_seed(seed + i * n + k) for i in batch for k in range(n)]
+        generators = image_generators([image_seed(seed, prompts[i], k) for i in batch for k in range(n)])
         images = pipe(
             prompt=[prompts[i] for i in batch], num_images_per_prompt=n, generator=generators, **pipe_kwargs
         ).images
         for j, image in enumerate(images):
-            path = _image_path(out, batch[j // n], j % n)
-            tmp = path.with_suffix(".tmp.png")
-            image.save(tmp)
-            os.replace(tmp, path)
+            write_atomic(_image_path(out, batch[j // n], j % n), lambda tmp, image=image: image.save(tmp, format="PNG"))
     records = [
         {
             "file": str(_image_path(out, i, k).relative_to(out)),
             "prompt": p,
             "prompt_index": i,
             "image": k,
-            "seed": seed + i * n + k,
+            "seed": image_seed(seed, p, k),
         }
         for i, p in enumerate(prompts)
         for k in range(n)
     ]
-    with open(out / "generations.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+    write_atomic(out / "generations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     return records

@@ -4,8 +4,9 @@ A diffusers `PipelineCallback`: after the sampler has produced the latent z for 
 
     z <- z + eta_k * g(z),    g = grad_z s(z, y)      (k = index of t in the schedule, fraction f = k / N)
 
-where s is the adapter's ITM logit of the latent for the prompt y (UNet conditioned on y, the early-exit probe, so
-the backward pass only crosses the blocks up to the probed one), eta_k = `scale` * `schedule`(f), inside the
+where s is a differentiable image-text score of the latent for the prompt y: a `scorers.LatentScorer`, by default the
+adapter's ITM logit (`scorers.AdapterScorer`: UNet conditioned on y, the early-exit probe, so the backward pass only
+crosses the blocks up to the probed one), eta_k = `scale` * `schedule`(f), inside the
 window `start` <= f < `stop`, optionally with g normalised or clipped per image, `iterations` times per step.
 
 Two modes:
@@ -20,11 +21,15 @@ Two modes:
   so the backward crosses the conditional half only (the guided prediction then differs from the batched one by
   float rounding, on recorded steps only).
 A non-finite gradient skips the step with a warning. The callback reads only `latents`, so it works with any
-diffusers pipeline that exposes them, with or without classifier-free guidance.
+diffusers pipeline that exposes them, with or without classifier-free guidance. The settings are the callback's
+`config` (diffusers' `ConfigMixin`); the adapter follows the pipeline's execution device. For SD and SDXL the
+self-correcting pipelines (`pipeline.py`) hold the adapter as a component and pass the call's prompts themselves.
 
 Example:
     >>> fix = SelfCorrection(adapter, prompt=prompts, scale=0.5)
     >>> images = pipe(prompts, callback_on_step_end=fix, callback_on_step_end_tensor_inputs=fix.tensor_inputs).images
+    >>> fix.config.scale, fix.config.mode
+    (0.5, 'plain')
 """
 
 from __future__ import annotations
@@ -37,8 +42,7 @@ import torch
 from diffusers.callbacks import PipelineCallback
 
 from ..adapter import DiscriminativeAdapter
-from ..probe import FeatureProbe
-from ..scoring import adapter_itm_logits
+from ..scorers import AdapterScorer, LatentScorer
 from ..text import TextEmbeddings, encode_text, get_unet
 from .recorder import UNetPassRecorder
 
@@ -50,16 +54,15 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
     "linear": lambda f: 1.0 - f,  # strongest early, when the layout is decided
     "cosine": lambda f: 0.5 * (1.0 + math.cos(math.pi * f)),
 }
-ScoreFn = Callable[[torch.Tensor, torch.Tensor, TextEmbeddings], torch.Tensor]
 
 
 class SelfCorrection(PipelineCallback):
     """Moves the latents along the gradient of an image-text score between denoising steps.
 
     Args:
-        adapter (`DiscriminativeAdapter` or callable): the score. An adapter gives its ITM logit through an
-            early-exit probe; a callable `score(model_input (B, C, h, w), t (B,), text) -> (B,)` replaces it
-            (for custom scores and tests).
+        scorer (`DiscriminativeAdapter` or `LatentScorer`): the score. An adapter gives its ITM logit through an
+            early-exit probe (`scorers.AdapterScorer`); any `LatentScorer` (`score_latents(model_input (B, C, h, w),
+            t (B,), text) -> (B,)`, differentiable) replaces it.
         prompt (`str` or `Sequence[str]`): the prompts passed to the pipeline; each latent of the batch is scored
             against its own prompt (`num_images_per_prompt` consecutive latents per prompt, as diffusers orders them).
         scale (`float`, defaults to 1.0): eta, the step size. 0 leaves the sampling untouched.
@@ -77,7 +80,7 @@ class SelfCorrection(PipelineCallback):
 
     def __init__(
         self,
-        adapter: DiscriminativeAdapter | ScoreFn,
+        scorer: DiscriminativeAdapter | LatentScorer,
         prompt: str | Sequence[str],
         scale: float = 1.0,
         start: float = 0.0,
@@ -89,9 +92,9 @@ class SelfCorrection(PipelineCallback):
         mode: str = "plain",
     ):
         super().__init__(cutoff_step_ratio=1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+            raise ValueError(f"`scale` is {scale!r}; pass a finite number >= 0 (0 disables the correction).")
         scale = float(scale)
-        if not math.isfinite(scale) or scale < 0:
-            raise ValueError(f"`scale` is {scale}; pass a finite value >= 0 (0 disables the correction).")
         if not (0.0 <= start <= stop <= 1.0):
             raise ValueError(f"The window is start={start}, stop={stop}; pass 0 <= start <= stop <= 1.")
         if isinstance(schedule, str) and schedule not in SCHEDULES:
@@ -104,15 +107,25 @@ class SelfCorrection(PipelineCallback):
             raise ValueError(f"`iterations` is {iterations}; pass an integer >= 1.")
         if mode not in ("plain", "reuse"):
             raise ValueError(f"`mode` is {mode!r}; pass 'plain' or 'reuse'.")
-        if mode == "reuse" and (iterations != 1 or not isinstance(adapter, DiscriminativeAdapter)):
+        if not isinstance(scorer, (DiscriminativeAdapter, LatentScorer)):
+            raise ValueError(
+                f"`scorer` is a {type(scorer).__name__}; pass a DiscriminativeAdapter or a scorers.LatentScorer (with "
+                "score_latents(model_input, t, text))."
+            )
+        if mode == "reuse" and (iterations != 1 or not isinstance(scorer, DiscriminativeAdapter)):
             raise ValueError(
                 f"mode='reuse' reads the sampler's one UNet pass per step: it needs a DiscriminativeAdapter and "
-                f"iterations=1 (got {type(adapter).__name__}, iterations={iterations}); use mode='plain'."
+                f"iterations=1 (got {type(scorer).__name__}, iterations={iterations}); use mode='plain'."
             )
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("`prompt` is empty; pass the prompts given to the pipeline.")
-        self.adapter = adapter
+        self.register_to_config(
+            scale=scale, start=start, stop=stop, schedule=schedule if isinstance(schedule, str) else "custom",
+            normalize=normalize, max_grad_norm=max_grad_norm, iterations=int(iterations), mode=mode,
+        )  # fmt: skip
+        self.adapter = scorer if isinstance(scorer, DiscriminativeAdapter) else None
+        self.scorer = None if self.adapter is not None else scorer  # an adapter's scorer is built for the pipeline
         self.prompts = prompts
         self.scale, self.start, self.stop = scale, start, stop
         self.schedule = SCHEDULES[schedule] if isinstance(schedule, str) else schedule
@@ -129,8 +142,11 @@ class SelfCorrection(PipelineCallback):
                 "change them; use a pipeline that lists 'latents' in `_callback_tensor_inputs` (e.g. "
                 "StableDiffusionPipeline, StableDiffusionXLPipeline)."
             )
-        if isinstance(self.adapter, DiscriminativeAdapter):
-            self.adapter.check_pipeline(pipe)
+        if self.adapter is not None:
+            device = pipe._execution_device
+            if self.adapter.device != device:  # follow the pipeline (`pipe.to(...)` does not know the callback)
+                self.adapter.to(device)
+            self.scorer = AdapterScorer(pipe, self.adapter)  # checks that the adapter fits the pipeline
 
     def _text_for(self, pipe, batch: int) -> TextEmbeddings:
         """The prompts' embeddings, repeated for `num_images_per_prompt`, encoded once per pipeline and batch."""
@@ -151,10 +167,7 @@ class SelfCorrection(PipelineCallback):
     # the correction -------------------------------------------------------------------------------------------
     def score(self, pipe, model_input: torch.Tensor, t: torch.Tensor, text: TextEmbeddings) -> torch.Tensor:
         """s(z, y) for each latent: (B,)."""
-        if not isinstance(self.adapter, DiscriminativeAdapter):
-            return self.adapter(model_input, t, text)
-        probe = FeatureProbe(get_unet(pipe), self.adapter.config.layers, detach=False, early_exit=True)
-        return adapter_itm_logits(pipe, self.adapter, probe, model_input, t, text)
+        return self.scorer.score_latents(model_input, t, text)
 
     def gradient(self, pipe, latents: torch.Tensor, t: torch.Tensor, text: TextEmbeddings) -> torch.Tensor:
         """g = grad_z s(z, y) in float32 with an extra forward and backward, normalised or clipped as configured:
@@ -219,7 +232,14 @@ class SelfCorrection(PipelineCallback):
                 warnings.warn(f"SelfCorrection: non-finite gradient at step {step_index}; correction skipped.")
                 return latents
             z = z + eta * grad
-        return z.to(latents.dtype)
+        corrected = z.to(latents.dtype)
+        if not torch.isfinite(corrected).all():  # e.g. a large step that overflows float16
+            warnings.warn(
+                f"SelfCorrection: the corrected latent at step {step_index} is not finite in {latents.dtype} "
+                "(step too large for the pipeline's dtype?); correction skipped."
+            )
+            return latents
+        return corrected
 
     def _track(self, pipe, step_index: int, batch: int | None = None) -> None:
         """Reuse mode: record the next step's UNet pass (of `batch` latents) only if the next callback corrects

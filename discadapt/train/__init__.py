@@ -1,11 +1,16 @@
-"""Training the discriminative adapter: stage 1 probing (frozen UNet) and stage 2 tuning (LoRA), after DPT.
+"""Training: one engine (a step loop under accelerate) and one run folder, which every trainer plugs into as an
+objective: stage 1 probing (frozen UNet) and stage 2 tuning (LoRA) after DPT, and the shapes world's own trainers.
 
+- `engine.py`: `run_training(objective, out_dir)`, the `Objective` a trainer implements, `LoopSettings`.
+- `runs.py`: `RunDir`, the run folder: record and configuration check, atomic checkpoints, log, outputs.
+- `schedule.py`: `lr_factor`, the one learning-rate schedule (warmup, then constant, linear or cosine).
 - `config.py`: `ProbeConfig`, `TuneConfig` (dataclasses with checks).
 - `data.py`: the training item format, the seeded sample stream and the `Batch` of (image, text) pairs.
-- `objective.py`: the losses of a batch (ITM, REC, denoising) as one module.
+- `objective.py`: `DiscriminativeLoss`, the losses of a batch (ITM, REC, denoising) as one module.
+- `probe.py`: stage 1, `ProbeObjective` and `train_probe`; `tune.py`: stage 2, `TuneObjective`, `train_tune`,
+  `add_lora`, `save_lora`.
 - `evaluate.py`: ITM accuracy against hard negatives (text and image side), REC accuracy at IoU >= 0.5.
-- `checkpoint.py`: run records and atomic checkpoints; `loop.py`: the loop under accelerate.
-- `probe.py`: `train_probe`; `tune.py`: `train_tune`, `add_lora`, `save_lora`.
+- `latent_cache.py`: `LatentCache`, VAE latents cached in safetensors shards, resumable.
 - `commands.py`: the `discadapt probe` and `discadapt tune` subcommands (`add_commands`).
 
 Example:
@@ -15,21 +20,36 @@ Example:
 
 from .config import ProbeConfig, TrainConfig, TuneConfig
 from .data import Batch, BatchBuilder, check_item
+from .engine import LoopSettings, Objective, make_accelerator, run_training
 from .evaluate import DiscriminationAccuracy, evaluate_adapter
-from .probe import train_probe
-from .tune import add_lora, save_lora, train_tune
+from .latent_cache import LatentCache, vae_fingerprint
+from .probe import ProbeObjective, train_probe
+from .runs import Checkpoint, RunDir
+from .schedule import lr_factor
+from .tune import TuneObjective, add_lora, save_lora, train_tune
 
 __all__ = [
     "Batch",
     "BatchBuilder",
+    "Checkpoint",
     "DiscriminationAccuracy",
+    "LatentCache",
+    "LoopSettings",
+    "Objective",
     "ProbeConfig",
+    "ProbeObjective",
+    "RunDir",
     "TrainConfig",
     "TuneConfig",
+    "TuneObjective",
     "add_lora",
     "check_item",
     "evaluate_adapter",
+    "lr_factor",
+    "make_accelerator",
+    "run_training",
     "save_lora",
     "train_probe",
     "train_tune",
+    "vae_fingerprint",
 ]

@@ -116,8 +116,9 @@ def _run(args, stage: str) -> int:
     from torch.utils.data import ConcatDataset
 
     from ..adapter import DiscriminativeAdapter
-    from .evaluate import evaluate_adapter
-    from .loop import make_accelerator, run
+    from .engine import make_accelerator
+    from .probe import train_probe
+    from .tune import train_tune
 
     config = _config(args, stage)  # checked before anything is loaded
     datasets = _datasets(args)
@@ -130,49 +131,22 @@ def _run(args, stage: str) -> int:
             raise ValueError(f"`--adapter` is {args.adapter!r}, which is not a folder; pass a saved adapter folder.")
         adapter = DiscriminativeAdapter.from_pretrained(args.adapter)
     accelerator = make_accelerator(config.mixed_precision)
-    prepare_unet = None
-    if stage == "tune":
-        from .tune import add_lora
-
-        prepare_unet = lambda unet: add_lora(unet, config, seed=config.seed + 1)  # noqa: E731
-    result = run(
-        stage,
+    result = (train_probe if stage == "probe" else train_tune)(
         pipe,
         dataset,
         args.out,
         config,
         adapter=adapter,
+        eval_dataset=eval_sets or None,
+        eval_timesteps=args.eval_timesteps,
         resume=args.resume,
         stop_after=args.stop_after,
         progress=not args.no_progress,
         accelerator=accelerator,
-        prepare_unet=prepare_unet,
     )
-    if result["done"] and eval_sets:
-        trained = DiscriminativeAdapter.from_pretrained(result["adapter"]).to(accelerator.device)
-        results = {}
-        for name, items in eval_sets.items():
-            with accelerator.autocast():
-                results[name] = evaluate_adapter(
-                    pipe,
-                    trained,
-                    items,
-                    timesteps=args.eval_timesteps,
-                    batch_size=config.batch_size,
-                    seed=config.seed,
-                    resolution=config.resolution,
-                    pair_batch_size=config.pair_batch_size,
-                    accelerator=accelerator,
-                )
-        result["eval"] = results
-        if accelerator.is_main_process:
-            (Path(args.out) / "eval.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     if accelerator.is_main_process:
-        print(
-            json.dumps(
-                {k: result[k] for k in ("stage", "step", "done", "losses", "seconds_per_step", "adapter", "lora")}
-            )
-        )
+        keys = ("objective", "step", "done", "losses", "seconds_per_step", "adapter", "lora")
+        print(json.dumps({k: result.get(k) for k in keys}))
         if result.get("eval"):
             print(_format_eval(result["eval"]))
     return 0

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 
 from ..adapter import DEFAULT_LAYERS
 from ..losses import RECLossConfig
+from .schedule import LR_SCHEDULES, lr_factor
 
 __all__ = ["TrainConfig", "ProbeConfig", "TuneConfig", "LR_SCHEDULES", "MIXED_PRECISION", "RESUMABLE_FIELDS"]
 
-LR_SCHEDULES = ("constant", "linear", "cosine")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Fields a resumed run may change without changing the steps already taken. `steps` is among them only under the
-# constant schedule (the others' learning rate depends on the total); `loop.check_resumable` enforces that.
+# constant schedule (the others' learning rate depends on the total); `ProbeObjective.resumable` enforces that.
 RESUMABLE_FIELDS = ("steps", "checkpoint_every", "keep_checkpoints", "num_workers", "log_every")
 
 
@@ -210,16 +210,9 @@ class TrainConfig:
         return cls(**data)
 
     def lr_factor(self, step: int) -> float:
-        """Multiplier of the learning rate at optimizer step `step` (0-based): linear warmup, then the schedule."""
-        if step < self.lr_warmup_steps:
-            return (step + 1) / self.lr_warmup_steps
-        if self.lr_schedule == "constant":
-            return 1.0
-        span = max(self.steps - self.lr_warmup_steps, 1)
-        progress = min((step - self.lr_warmup_steps) / span, 1.0)
-        if self.lr_schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        """Multiplier of the learning rate at optimizer step `step` (0-based): `schedule.lr_factor` with this
+        config's warmup, steps and schedule."""
+        return lr_factor(step, self.lr_warmup_steps, self.steps, self.lr_schedule)
 
 
 @dataclass

@@ -315,6 +315,32 @@ def _table(rows: list[list[int]], width: int) -> torch.Tensor:
     return table
 
 
+class _Pairs:
+    """The unique images and texts of a micro-batch and the (image, text, sample) pairs to score, by first use."""
+
+    def __init__(self, resolution: int):
+        self.resolution = resolution
+        self.images: list[torch.Tensor] = []
+        self.texts: dict[str, int] = {}
+        self.pairs: dict[tuple[int, int, int], int] = {}
+
+    def image(self, image, where: str) -> int:
+        self.images.append(to_pixels(image, self.resolution, where))
+        return len(self.images) - 1
+
+    def text(self, text: str) -> int:
+        return self.texts.setdefault(text, len(self.texts))
+
+    def pair(self, image: int, text: int, sample: int) -> int:
+        return self.pairs.setdefault((image, text, sample), len(self.pairs))
+
+    def stacked_images(self) -> torch.Tensor:
+        """`(N_img, 3, R, R)`."""
+        if not self.images:
+            return torch.zeros(0, 3, self.resolution, self.resolution)
+        return torch.stack(self.images)
+
+
 class BatchBuilder:
     """Builds the `Batch` of a list of stream positions (see the module docstring).
 
@@ -400,99 +426,94 @@ class BatchBuilder:
         n_items = len(self.dataset)
         return self.build([(g, sample_index(g, n_items, self.seed)) for g in samples])
 
+    def _negatives(self, index: int, item: dict, rng: np.random.Generator) -> tuple[list[str], list]:
+        """Negative captions and images of a captioned item: hard ones (a seeded choice when there are more than
+        needed), then random other items' captions and images to fill the missing ones."""
+        caption = item["caption"]
+        neg_captions = self._pick(item["neg_captions"], self.num_neg_captions, rng)
+        neg_images = self._pick(range(len(item["neg_images"])), self.num_neg_images, rng)
+        neg_images = [item["neg_images"][i] for i in neg_images]
+        missing_t = 0 if self.num_neg_captions is None else self.num_neg_captions - len(neg_captions)
+        missing_i = 0 if self.num_neg_images is None else self.num_neg_images - len(neg_images)
+        if self.random_negatives and max(missing_t, missing_i) > 0:
+            others = self._random_items(index, {caption, *neg_captions}, max(missing_t, missing_i), rng)
+            neg_captions += [o["caption"] or o["phrase"] for o in others[:missing_t]]
+            neg_images += [o["image"] for o in others[:missing_i]]
+        return neg_captions, neg_images
+
+    def _tables(self, items: list, rngs: list, pairs: _Pairs) -> dict:
+        """The rows of the ITM tables and the REC pairs of the samples (their positive images are 0..B-1)."""
+        t = {k: [] for k in ("text_rows", "image_rows", "text", "image", "captioned")}
+        t.update({k: [] for k in ("rec_pairs", "rec_rows", "rec_boxes", "rec_tokens")})
+        for b, ((index, item), rng) in enumerate(zip(items, rngs)):
+            caption = item["caption"]
+            if caption is not None:
+                t["captioned"].append(b)
+                positive = pairs.pair(b, pairs.text(caption), b)
+                neg_captions, neg_images = self._negatives(index, item, rng)
+                if neg_captions:
+                    t["text_rows"].append(b)
+                    t["text"].append([positive] + [pairs.pair(b, pairs.text(c), b) for c in neg_captions])
+                if neg_images:
+                    where = _where(index, "neg_images")
+                    t["image_rows"].append(b)
+                    t["image"].append(
+                        [positive] + [pairs.pair(pairs.image(x, where), pairs.text(caption), b) for x in neg_images]
+                    )
+            if len(item["boxes"]):
+                t["rec_rows"].append(b)
+                t["rec_pairs"].append(pairs.pair(b, pairs.text(item["phrase"]), b))
+                t["rec_boxes"].append(item["boxes"])
+                t["rec_tokens"].append(
+                    phrase_token_mask(self.tokenizer, item["phrase"], item["box_spans"], self.length)
+                )
+        return t
+
+    def _denoise_draws(self, samples: Sequence[tuple[int, int]], captioned: list[int]):
+        """Uniform timesteps `(B_c,)` and noise `(B_c, C, h, w)` of the denoising pairs, from their own generators."""
+        if not (self.denoise and captioned):
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, *self.latent_shape)
+        rngs = [np.random.default_rng((self.seed, self.stream, samples[b][0], 1)) for b in captioned]
+        timesteps = torch.tensor([int(r.integers(self.num_train_timesteps)) for r in rngs], dtype=torch.long)
+        return timesteps, torch.stack([self._noise(r) for r in rngs])
+
     def build(self, samples: Sequence[tuple[int, int]]) -> Batch:
         """The batch of `(g, dataset index)` samples."""
-        images: list[torch.Tensor] = []
-        texts: dict[str, int] = {}
-        pairs: dict[tuple[int, int, int], int] = {}
-
-        def text_id(text: str) -> int:
-            return texts.setdefault(text, len(texts))
-
-        def pair_id(image: int, text: int, sample: int) -> int:
-            return pairs.setdefault((image, text, sample), len(pairs))
-
-        def image_id(image, where: str) -> int:
-            images.append(to_pixels(image, self.resolution, where))
-            return len(images) - 1
-
+        pairs = _Pairs(self.resolution)
         items, rngs = [], []
         for g, index in samples:
             item = check_item(self.dataset[index], index)
             items.append((index, item))
             rngs.append(self._rng(g))
-            image_id(item["image"], _where(index, "image"))  # positives are images 0..B-1
+            pairs.image(item["image"], _where(index, "image"))  # positives are images 0..B-1
         timesteps = torch.tensor([self._timestep(rng) for rng in rngs], dtype=torch.long)
         noise = torch.stack([self._noise(rng) for rng in rngs]) if rngs else torch.zeros(0, *self.latent_shape)
-
-        text_rows, image_rows, text_tables, image_tables, captioned = [], [], [], [], []
-        rec_pairs, rec_rows, rec_boxes, rec_tokens = [], [], [], []
-        for b, ((index, item), rng) in enumerate(zip(items, rngs)):
-            caption = item["caption"]
-            if caption is not None:
-                captioned.append(b)
-                positive = pair_id(b, text_id(caption), b)
-                neg_captions = self._pick(item["neg_captions"], self.num_neg_captions, rng)
-                neg_images = self._pick(range(len(item["neg_images"])), self.num_neg_images, rng)
-                neg_images = [item["neg_images"][i] for i in neg_images]
-                missing_t = 0 if self.num_neg_captions is None else self.num_neg_captions - len(neg_captions)
-                missing_i = 0 if self.num_neg_images is None else self.num_neg_images - len(neg_images)
-                if self.random_negatives and max(missing_t, missing_i) > 0:
-                    exclude = {caption, *neg_captions}
-                    others = self._random_items(index, exclude, max(missing_t, missing_i), rng)
-                    neg_captions += [o["caption"] or o["phrase"] for o in others[:missing_t]]
-                    neg_images += [o["image"] for o in others[:missing_i]]
-                if neg_captions:
-                    text_rows.append(b)
-                    text_tables.append([positive] + [pair_id(b, text_id(c), b) for c in neg_captions])
-                if neg_images:
-                    where = _where(index, "neg_images")
-                    image_rows.append(b)
-                    image_tables.append(
-                        [positive] + [pair_id(image_id(x, where), text_id(caption), b) for x in neg_images]
-                    )
-            if len(item["boxes"]):
-                rec_rows.append(b)
-                rec_pairs.append(pair_id(b, text_id(item["phrase"]), b))
-                rec_boxes.append(item["boxes"])
-                rec_tokens.append(phrase_token_mask(self.tokenizer, item["phrase"], item["box_spans"], self.length))
-
+        t = self._tables(items, rngs, pairs)
+        captioned = t["captioned"]
         batch_table = None
         if self.in_batch_negatives and len(captioned) >= 2:
-            ids = [text_id(items[j][1]["caption"]) for j in captioned]
-            batch_table = torch.tensor([[pair_id(i, t, i) for t in ids] for i in captioned], dtype=torch.long)
-
-        denoise_images = torch.tensor(captioned, dtype=torch.long)
-        denoise_texts = torch.tensor([text_id(items[b][1]["caption"]) for b in captioned], dtype=torch.long)
-        if self.denoise and captioned:
-            rngs_d = [np.random.default_rng((self.seed, self.stream, samples[b][0], 1)) for b in captioned]
-            denoise_timesteps = torch.tensor(
-                [int(r.integers(self.num_train_timesteps)) for r in rngs_d], dtype=torch.long
-            )
-            denoise_noise = torch.stack([self._noise(r) for r in rngs_d])
-        else:
-            denoise_timesteps = torch.zeros(0, dtype=torch.long)
-            denoise_noise = torch.zeros(0, *self.latent_shape)
-        k_t = max((len(r) for r in text_tables), default=1)
-        k_i = max((len(r) for r in image_tables), default=1)
+            ids = [pairs.text(items[j][1]["caption"]) for j in captioned]
+            batch_table = torch.tensor([[pairs.pair(i, k, i) for k in ids] for i in captioned], dtype=torch.long)
+        denoise_texts = [pairs.text(items[b][1]["caption"]) for b in captioned]
+        denoise_timesteps, denoise_noise = self._denoise_draws(samples, captioned)
         return Batch(
-            images=torch.stack(images) if images else torch.zeros(0, 3, self.resolution, self.resolution),
-            texts=list(texts),
-            pairs=torch.tensor(list(pairs), dtype=torch.long).reshape(-1, 3),
+            images=pairs.stacked_images(),
+            texts=list(pairs.texts),
+            pairs=torch.tensor(list(pairs.pairs), dtype=torch.long).reshape(-1, 3),
             timesteps=timesteps,
             noise=noise,
-            text_table=_table(text_tables, k_t),
-            text_rows=torch.tensor(text_rows, dtype=torch.long),
-            image_table=_table(image_tables, k_i),
-            image_rows=torch.tensor(image_rows, dtype=torch.long),
+            text_table=_table(t["text"], max((len(r) for r in t["text"]), default=1)),
+            text_rows=torch.tensor(t["text_rows"], dtype=torch.long),
+            image_table=_table(t["image"], max((len(r) for r in t["image"]), default=1)),
+            image_rows=torch.tensor(t["image_rows"], dtype=torch.long),
             batch_table=batch_table,
             batch_rows=torch.tensor(captioned if batch_table is not None else [], dtype=torch.long),
-            rec_pairs=torch.tensor(rec_pairs, dtype=torch.long),
-            rec_rows=torch.tensor(rec_rows, dtype=torch.long),
-            rec_boxes=rec_boxes,
-            rec_tokens=rec_tokens,
-            denoise_images=denoise_images,
-            denoise_texts=denoise_texts,
+            rec_pairs=torch.tensor(t["rec_pairs"], dtype=torch.long),
+            rec_rows=torch.tensor(t["rec_rows"], dtype=torch.long),
+            rec_boxes=t["rec_boxes"],
+            rec_tokens=t["rec_tokens"],
+            denoise_images=torch.tensor(captioned, dtype=torch.long),
+            denoise_texts=torch.tensor(denoise_texts, dtype=torch.long),
             denoise_timesteps=denoise_timesteps,
             denoise_noise=denoise_noise,
             categories=[item["category"] for _, item in items],

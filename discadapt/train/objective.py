@@ -1,7 +1,8 @@
-"""The training objective of one micro-batch: ITM + REC (+ denoising in stage 2), as one `nn.Module`.
+"""The losses of one micro-batch of DPT's stages 1 and 2: ITM + REC (+ denoising in stage 2), as one `nn.Module`.
 
-`Objective` holds the UNet and the adapter, so that accelerate wraps one module (DistributedDataParallel sees
-the adapter's and, in stage 2, the LoRA's parameters; the frozen ones need no gradient). For a `Batch` of pairs:
+`DiscriminativeLoss` holds the UNet and the adapter, so that accelerate wraps one module (DistributedDataParallel
+sees the adapter's and, in stage 2, the LoRA's parameters; the frozen ones need no gradient); the stage objectives
+(`probe.ProbeObjective`, `tune.TuneObjective`) hand it to the engine. For a `Batch` of pairs:
 
 1. each pair (image i, text j, sample b) is noised with sample b's timestep and noise,
    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (the pipeline's training schedule, as `discadapt.scoring`);
@@ -28,7 +29,7 @@ from ..text import TextEmbeddings, get_unet, unet_text_kwargs
 from .config import TrainConfig, TuneConfig
 from .data import Batch
 
-__all__ = ["Objective", "pair_outputs"]
+__all__ = ["DiscriminativeLoss", "gather_table", "pair_outputs"]
 
 
 def pair_outputs(
@@ -88,7 +89,7 @@ def gather_table(logits: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(table < 0, float("-inf"))
 
 
-class Objective(nn.Module):
+class DiscriminativeLoss(nn.Module):
     """Losses of a micro-batch (see the module docstring).
 
     Args:

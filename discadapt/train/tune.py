@@ -6,6 +6,10 @@ saved in diffusers' format with its adapter metadata (so a `lora_alpha` differen
 reload): a fresh pipeline reproduces the tuned one with `pipe.load_lora_weights(out_dir / "lora")`, and
 `pipe.fuse_lora()` merges it into the UNet weights.
 
+`TuneObjective` is stage 1's `ProbeObjective` (`probe.py`) with the LoRA added before the frozen weights are cast,
+its own parameter group (`lora_lr`), gradients through the UNet, the denoising loss, and `lora/` among the outputs;
+the training engine (`engine.run_training`) runs it.
+
 Example:
     >>> from discadapt.train import TuneConfig, train_tune
     >>> config = TuneConfig(steps=2000, lora_rank=8, lora_alpha=8, denoise_weight=1.0)
@@ -22,9 +26,11 @@ import torch
 from ..adapter import DiscriminativeAdapter
 from ..text import get_unet
 from .config import TuneConfig
-from .loop import run
+from .engine import make_accelerator, run_training
+from .objective import DiscriminativeLoss
+from .probe import ProbeObjective
 
-__all__ = ["train_tune", "add_lora", "save_lora", "LORA_WEIGHTS"]
+__all__ = ["LORA_WEIGHTS", "TuneObjective", "add_lora", "save_lora", "train_tune"]
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
@@ -80,6 +86,35 @@ def save_lora(pipe, out_dir: str | os.PathLike) -> None:
     )
 
 
+class TuneObjective(ProbeObjective):
+    """Stage 2 as an engine objective: `ProbeObjective` plus a LoRA on the UNet (seeded by `config.seed + 1`, float32
+    master weights, its own learning rate `lora_lr`), the UNet's gradients, the denoising loss, and `lora/` at the
+    end.
+
+    Args:
+        as `ProbeObjective`, with a `TuneConfig`.
+    """
+
+    name = "tune"
+    outputs = ("adapter", "lora", "eval")
+    config_class = TuneConfig
+    train_unet = True
+
+    def prepare_unet(self, unet) -> None:
+        add_lora(unet, self.config, seed=self.config.seed + 1)
+        if self.config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+
+    def param_groups(self, module: DiscriminativeLoss) -> list[dict]:
+        lora = [p for p in module.unet.parameters() if p.requires_grad]
+        return super().param_groups(module) + [{"params": lora, "lr": self.config.lora_lr or self.config.lr}]
+
+    def save_outputs(self, run, step: int) -> dict:
+        outputs = super().save_outputs(run, step)
+        outputs["lora"] = str(run.write_output("lora", lambda folder: save_lora(self.pipe, folder), {"step": step}))
+        return outputs
+
+
 def train_tune(
     pipe,
     dataset,
@@ -108,20 +143,11 @@ def train_tune(
         `dict`: as `train_probe`, plus `lora` (the folder to pass to `pipe.load_lora_weights`, when done).
     """
     config = TuneConfig() if config is None else config
-    if not isinstance(config, TuneConfig):
-        raise ValueError(f"`config` is a {type(config).__name__}; train_tune takes a TuneConfig.")
-    return run(
-        "tune",
-        pipe,
-        dataset,
-        out_dir,
-        config,
-        adapter=adapter,
-        eval_dataset=eval_dataset,
-        eval_timesteps=eval_timesteps,
-        resume=resume,
-        stop_after=stop_after,
-        progress=progress,
-        accelerator=accelerator,
-        prepare_unet=lambda unet: add_lora(unet, config, seed=config.seed + 1),
+    objective = TuneObjective(
+        pipe, dataset, config, adapter=adapter, eval_dataset=eval_dataset, eval_timesteps=eval_timesteps
+    )
+    if accelerator is None:
+        accelerator = make_accelerator(config.mixed_precision)
+    return run_training(
+        objective, out_dir, resume=resume, stop_after=stop_after, progress=progress, accelerator=accelerator
     )

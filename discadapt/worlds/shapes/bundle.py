@@ -14,7 +14,8 @@ bundle stores only the used rows (`token_embedding.ids`, `token_embedding.rows`)
 rest from the training seed: the loaded text encoder equals the trained one, in about 1 MB instead of 12.
 
 Rebuilding: `discadapt world train --out RUN` retrains the models from their seed; `discadapt world bundle RUN`
-writes them here.
+writes them here (from the finished run's `RUN/world/pipeline` and `RUN/clip/model`). The loaders build the models
+with `models.py` (and `clip.model`), never with the trainers.
 
 Example:
     >>> from discadapt.worlds.shapes import load_pipeline
@@ -27,13 +28,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from ...io import replace_dir
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -84,21 +86,18 @@ def write_bundle(
         components (dict[str, dict[str, Tensor]]): state dicts.
         half (bool): store floating tensors as float16 (others as they are). Default True.
     """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    files = {}
-    for name, state in components.items():
-        stored = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()}
-        save_file(stored, tmp / f"{name}.safetensors")
-        files[name] = _sha256(tmp / f"{name}.safetensors")
-    (tmp / "manifest.json").write_text(json.dumps({**manifest, "files": files}, indent=1))
-    for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors create them private
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
-    return dest
+
+    def write(folder: Path) -> None:
+        files = {}
+        for name, state in components.items():
+            stored = {
+                k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()
+            }
+            save_file(stored, folder / f"{name}.safetensors")
+            files[name] = _sha256(folder / f"{name}.safetensors")
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "files": files}, indent=1))
+
+    return replace_dir(dest, write)  # permissions 0o755 / 0o644, as the files of a pip install
 
 
 def read_bundle(name: str, root: str | os.PathLike | None = None) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
@@ -150,24 +149,43 @@ def _dense_embedding(state: dict, initial: torch.Tensor, key: str = _EMBEDDING) 
     return {**state, key: weight}
 
 
+def _run_output(run_dir: Path, name: str, trainer: str) -> tuple[dict, dict]:
+    """The training config (the run's record) and the step marker of the finished output `name` of a run folder."""
+    record, marker = run_dir / "train_config.json", run_dir / name / "train_step.json"
+    if not (record.is_file() and marker.is_file()):
+        raise FileNotFoundError(
+            f"{run_dir / name} is missing: {run_dir} is not a finished `{trainer}` run; finish it (or export an "
+            "unfinished one), then bundle. Nothing was bundled."
+        )
+    return json.loads(record.read_text())["config"], json.loads(marker.read_text())
+
+
 def bundle_world(run_dir: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
-    """Bundle the newest checkpoint of the world training run in `run_dir` (EMA UNet weights) as `weights/world`.
+    """Bundle the pipeline of a finished world training run (`run_dir/pipeline`: EMA UNet weights) as
+    `weights/world`.
 
     Args:
-        run_dir (str | PathLike): a `train_world` output folder with at least one UNet-phase checkpoint.
+        run_dir (str | PathLike): a finished `train_world` run folder.
         dest (str | PathLike | None): bundle folder. Default `WEIGHTS_DIR / "world"`.
-    """
-    from .train import initial_models, load_run, pipeline_from_state
 
-    state = load_run(run_dir)
-    pipe = pipeline_from_state(state)
-    initial = initial_models(state.config)[1].get_input_embeddings().weight.detach()
+    Raises:
+        FileNotFoundError: `run_dir` holds no finished pipeline.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    from .models import ModelSizes, initial_models, split_sizes
+
+    run_dir = Path(run_dir)
+    config, marker = _run_output(run_dir, "pipeline", "discadapt world train")
+    pipe = StableDiffusionPipeline.from_pretrained(run_dir / "pipeline", local_files_only=True)
+    sizes, rest = split_sizes(config)
+    initial = initial_models(ModelSizes(**sizes), rest["seed"])[1].get_input_embeddings().weight.detach()
     manifest = {
         "kind": "world",
-        "train_config": state.config.to_dict(),
-        "step": state.step,
-        "unet_steps": state.step - state.config.vae_steps,
-        "scaling_factor": state.scaling_factor,
+        "train_config": config,
+        "step": marker["step"],
+        "unet_steps": marker["unet_steps"],
+        "scaling_factor": pipe.vae.config.scaling_factor,
     }
     components = {
         "vae": pipe.vae.state_dict(),
@@ -191,52 +209,41 @@ def load_pipeline(device: str | torch.device = "cpu", torch_dtype: torch.dtype =
     Raises:
         BundleError: a missing or corrupt weight file (names it, and the command that rebuilds it).
     """
-    from diffusers import StableDiffusionPipeline
-
-    from ...tokenizer import clip_tokenizer
-    from .models import sampling_scheduler
-    from .train import WorldTrainConfig, initial_models
+    from .models import ModelSizes, assemble_pipeline, initial_models, split_sizes
 
     manifest, components = read_bundle("world", root)
-    config = WorldTrainConfig.from_dict(manifest["train_config"])
-    vae, text_encoder, unet = initial_models(config)
+    sizes, rest = split_sizes(manifest["train_config"])
+    vae, text_encoder, unet = initial_models(ModelSizes(**sizes), rest["seed"])
     initial = text_encoder.get_input_embeddings().weight.detach()
     vae.load_state_dict(components["vae"])
     text_encoder.load_state_dict(_dense_embedding(components["text_encoder"], initial))
     unet.load_state_dict(components["unet"])
-    vae.register_to_config(scaling_factor=manifest["scaling_factor"])
-    pipe = StableDiffusionPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=clip_tokenizer(),
-        unet=unet.eval(),
-        scheduler=sampling_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = assemble_pipeline(vae, text_encoder, unet, manifest["scaling_factor"])
     if torch_dtype != torch.float32:
         pipe.to(dtype=torch_dtype)
     return pipe.to(device)
 
 
 def bundle_clip(run_dir: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
-    """Bundle the world CLIP of the `train_world_clip` run in `run_dir` (finished model, else newest checkpoint).
+    """Bundle the world CLIP of a finished `train_world_clip` run (`run_dir/model`) as `weights/clip`.
 
     Args:
-        run_dir (str | PathLike): a `train_world_clip` output folder.
+        run_dir (str | PathLike): a finished `train_world_clip` run folder.
         dest (str | PathLike | None): bundle folder. Default `WEIGHTS_DIR / "clip"`.
+
+    Raises:
+        FileNotFoundError: `run_dir` holds no finished model.
     """
-    from .clip import WorldClipConfig, load_world_clip, make_world_clip
+    from transformers import CLIPModel
+
+    from .clip import WorldClipConfig, make_world_clip
 
     run_dir = Path(run_dir)
-    config = WorldClipConfig.from_dict(json.loads((run_dir / "train_config.json").read_text()))
-    model = load_world_clip(run_dir)
+    data, marker = _run_output(run_dir, "model", "discadapt world train")
+    config = WorldClipConfig.from_dict(data)
+    model = CLIPModel.from_pretrained(run_dir / "model", local_files_only=True)
     initial = make_world_clip(config, config.seed).state_dict()[_CLIP_EMBEDDING]
-    marker = run_dir / "model" / "train_step.json"
-    step = json.loads(marker.read_text())["step"] if marker.exists() else None
-    manifest = {"kind": "clip", "train_config": config.to_dict(), "step": step}
+    manifest = {"kind": "clip", "train_config": config.to_dict(), "step": marker["step"]}
     components = {"clip": _sparse_embedding(model.state_dict(), initial, _CLIP_EMBEDDING)}
     return write_bundle(WEIGHTS_DIR / "clip" if dest is None else dest, manifest, components)
 

@@ -1,10 +1,11 @@
 """The shapes world's commands, registered through its plug-in (`plugin.py`).
 
-discadapt demo [--quick] [--out DIR]                    the held-out prompts, judged by the oracle: tables,
-                                                        results.json and report.html
+discadapt demo [--quick] [--out DIR] [--restart]        the held-out prompts, judged by the oracle: tables,
+                                                        results.json and report.html (an interrupted demo
+                                                        continues; --restart discards it)
 discadapt world train --out RUN [--seed 0] [--steps N]   train (or resume) the world's models: RUN/world (the
                                                         text-to-image pipeline), then RUN/clip (the world CLIP)
-discadapt world bundle RUN                              bundle RUN's models into the package
+discadapt world bundle RUN                              bundle a finished RUN's models into the package
 discadapt world bundle --probe RUN                      bundle the adapter of a `discadapt probe --world` run
 discadapt world bundle --tune RUN                       bundle the LoRA and adapter of a `discadapt tune --world` run
 """
@@ -18,10 +19,10 @@ __all__ = ["add_commands"]
 
 
 def _demo(args) -> int:
-    """`discadapt demo`: `demo.run_demo` on the bundled world (with the rows of every bundled model) or a
-    `--pipeline` folder."""
+    """`discadapt demo`: `demo.run_demo` (the world's suite through `bench.run_suite`) on the bundled world (with
+    the rows of every bundled model) or a `--pipeline` folder."""
     from ...data import load_prompts
-    from .demo import FULL, QUICK, run_demo
+    from .demo import FULL, QUICK, run_demo, weights_fingerprint
     from .rows import demo_rows, probing_table
 
     prompts = load_prompts(args.prompts) if args.prompts else None
@@ -29,12 +30,12 @@ def _demo(args) -> int:
     if args.pipeline is None:  # the bundled world, with the rows of every bundled model
         from .bundle import load_pipeline
 
-        pipe = load_pipeline(device=args.device)
+        pipe, weights = load_pipeline(device=args.device), f"bundle {weights_fingerprint()}"
         methods, tables = demo_rows(
             pipe, steps, args.guidance, args.quick, not args.no_correction, not args.no_probing, args.device
         )
     else:
-        pipe, methods = args.pipeline, {}
+        pipe, methods, weights = args.pipeline, {}, None
         tables = [] if args.no_probing else [probing_table(quick=args.quick)]
     run_demo(
         pipe,
@@ -52,6 +53,8 @@ def _demo(args) -> int:
         progress=not args.no_progress,
         methods=methods,
         extra_tables=tables,
+        resume=not getattr(args, "restart", False),
+        weights=weights,
     )
     return 0
 
@@ -59,7 +62,8 @@ def _demo(args) -> int:
 def _train(args) -> int:
     import torch
 
-    from .clip import WorldClipSizes, train_world_clip
+    from .clip import WorldClipSizes
+    from .clip.train import train_world_clip
     from .models import ModelSizes
     from .train import train_world
 
@@ -131,6 +135,7 @@ def add_commands(subparsers) -> None:
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.add_argument("--no-probing", action="store_true", help="skip the hard-negative image-text matching table")
     d.add_argument("--no-correction", action="store_true", help="skip the self-correction rows (bundled adapter)")
+    d.add_argument("--restart", action="store_true", help="discard an earlier demo in --out instead of continuing it")
     d.set_defaults(func=_demo)
 
     world = subparsers.add_parser("world", help="retrain and bundle the shapes world's models")

@@ -16,6 +16,10 @@ Sizes (`ModelSizes()`, the defaults, for 32 x 32 images; parameter counts measur
 - Schedules: DDPM linear betas 1e-4..0.02 over 1000 steps (the DDPM paper's; it ends nearer zero SNR than SD's
   scaled_linear, which matters for small latents), epsilon prediction; DDIM with the same betas for sampling.
 
+A run's models start from `initial_models(sizes, seed)`; `assemble_pipeline` puts trained (or loaded) models together
+as the world's `StableDiffusionPipeline`. Both the trainer (`train/`) and the bundle loader (`bundle.py`) build the
+pipeline this way. Training configs are stored flat, the sizes as `sizes.<field>` (`flat_config`, `split_sizes`).
+
 Example:
     >>> from discadapt.worlds.shapes.models import ModelSizes, make_unet, count_parameters
     >>> unet = make_unet(ModelSizes.tiny(), seed=0)
@@ -25,23 +29,30 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, fields
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
+
+from ...tokenizer import clip_tokenizer
 
 __all__ = [
     "CLIP_BOS",
     "CLIP_EOS",
     "CLIP_VOCAB",
     "ModelSizes",
+    "assemble_pipeline",
     "count_parameters",
+    "flat_config",
+    "initial_models",
     "make_text_encoder",
     "make_unet",
     "make_vae",
     "noise_scheduler",
     "sampling_scheduler",
+    "split_sizes",
     "text_encoder_config",
     "unet_config",
     "vae_config",
@@ -215,3 +226,43 @@ def sampling_scheduler() -> DDIMScheduler:
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of parameters of `module`."""
     return sum(p.numel() for p in module.parameters())
+
+
+def initial_models(sizes: ModelSizes, seed: int = 0) -> tuple[AutoencoderKL, CLIPTextModel, UNet2DConditionModel]:
+    """The freshly initialised (VAE, text encoder, UNet) of a run of seed `seed`: seeds `seed`, `seed + 1`,
+    `seed + 2`."""
+    return make_vae(sizes, seed), make_text_encoder(sizes, seed + 1), make_unet(sizes, seed + 2)
+
+
+def assemble_pipeline(
+    vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNet2DConditionModel, scaling_factor: float
+) -> StableDiffusionPipeline:
+    """The world's `StableDiffusionPipeline` of these models (used as they are, in eval mode): the VAE's
+    `scaling_factor` set, the CLIP tokenizer, the DDIM scheduler, no safety checker, progress bar off."""
+    vae.register_to_config(scaling_factor=scaling_factor)
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=clip_tokenizer(),
+        unet=unet.eval(),
+        scheduler=sampling_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flat_config(config) -> dict:
+    """JSON-ready dict of a frozen config dataclass with a `sizes` field, the sizes flattened as `sizes.<field>`
+    (`WorldTrainConfig`, `WorldClipConfig`)."""
+    data = {f.name: getattr(config, f.name) for f in fields(config) if f.name != "sizes"}
+    data.update({f"sizes.{k}": v for k, v in config.sizes.to_dict().items()})
+    return json.loads(json.dumps(data))
+
+
+def split_sizes(data: dict) -> tuple[dict, dict]:
+    """Inverse of `flat_config`: the `sizes.<field>` entries of `data` (without the prefix) and the others."""
+    sizes = {k.split(".", 1)[1]: v for k, v in data.items() if k.startswith("sizes.")}
+    return sizes, {k: v for k, v in data.items() if not k.startswith("sizes.")}

@@ -5,7 +5,11 @@ It registers:
 - the commands `demo`, `world train` and `world bundle` (`commands.py`);
 - training data of `discadapt probe` / `tune`: `--shapes N` train examples (`adapter_data.ShapeWorldItems`), by
   default `TRAIN_EXAMPLES` when `--world` is given without other data, and `--eval-shapes N` held-out examples
-  per split evaluated at the end (default `EVAL_EXAMPLES` with `--world`).
+  per split evaluated at the end (default `EVAL_EXAMPLES` with `--world`);
+- the scorer "world CLIP" (the bundled world CLIP's scaled cosine, `probing.clip_scorer`);
+- the judge "shapes oracle" (`suite.OracleJudge`), for evaluation only;
+- the suite "shapes" (`suite.shapes_suite`: held-out prompts per category, the oracle as judge), which `discadapt
+  demo` runs.
 """
 
 from __future__ import annotations
@@ -51,6 +55,25 @@ def _eval_datasets(args) -> dict:
     return {split: ShapeWorldItems(n, split=split, seed=args.seed, image_size=args.shapes_size) for split in splits}
 
 
+def _clip_scorer(root=None):
+    from .bundle import load_clip
+    from .probing import clip_scorer
+
+    return clip_scorer(load_clip(root=root))
+
+
+def _oracle_judge():
+    from .suite import OracleJudge
+
+    return OracleJudge()
+
+
+def _suite(**options):
+    from .suite import shapes_suite
+
+    return shapes_suite(**options)
+
+
 def register(registry: Registry) -> None:
     """Register the shapes world (see the module docstring)."""
     from .commands import add_commands
@@ -58,3 +81,6 @@ def register(registry: Registry) -> None:
     registry.add_source("world", "the bundled shapes-world pipeline", _load_pipeline)
     registry.add_command(add_commands)
     registry.add_training_data(TrainingData(_add_arguments, _datasets, _eval_datasets))
+    registry.add_scorer("world CLIP", _clip_scorer)
+    registry.add_judge("shapes oracle", _oracle_judge)
+    registry.add_suite("shapes", _suite)

@@ -4,78 +4,75 @@ the probing rows of `discadapt demo`.
 For each example of a held-out split, the rendered scene is scored against its caption and each of its hard
 negatives (swapped attributes or relation, wrong count, color, shape or size; `negatives.py`); the example counts
 as right when the caption scores strictly above every negative (text-side multiple choice, as DPT's ITM
-evaluation; chance is 1 / (1 + number of negatives), 20-50% here). Any scorer `(images, texts) -> (N,)` scores of
-pairs plugs in: the world CLIP (`clip_scorer`), the diffusion model's own denoising error (`denoising_scorer`,
-DiffusionITM), and the discriminative adapter (`adapter_scorer`).
+evaluation; chance is 1 / (1 + number of negatives), 20-50% here; `metrics.MultipleChoiceAccuracy`). Any
+`scorers.Scorer` plugs in: the world CLIP (`clip_scorer`), the diffusion model's own denoising error
+(`scorers.DenoisingScorer`, DiffusionITM), the discriminative adapter (`scorers.AdapterScorer`), the oracle
+(`scorers.JudgeScorer(suite.OracleJudge())`, always right on rendered scenes).
 
 `adapter_table` adds what only the adapter does: image-side ITM (the scene edited to make a hard negative true, as
 the second image) and REC at IoU >= 0.5 on held-out referring expressions (`discadapt.train.evaluate_adapter`).
 
 Example:
+    >>> from discadapt.scorers import DenoisingScorer
     >>> from discadapt.worlds.shapes import load_pipeline
-    >>> from discadapt.worlds.shapes.probing import denoising_scorer, hard_negative_table
-    >>> table = hard_negative_table({"denoising": denoising_scorer(load_pipeline())}, n=20)  # doctest: +SKIP
+    >>> from discadapt.worlds.shapes.probing import hard_negative_table
+    >>> table = hard_negative_table({"denoising": DenoisingScorer(load_pipeline())}, n=20)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 
 import numpy as np
 import torch
 
 from ...bench import Interval, Table, bootstrap_ci
+from ...metrics import MultipleChoiceAccuracy
+from ...scorers import FunctionScorer, Scorer
 from .captions import CATEGORIES
 from .dataset import make_dataset
 from .palette import check_choice
 from .render import render
 
-__all__ = [
-    "Scorer",
-    "adapter_scorer",
-    "adapter_table",
-    "clip_scorer",
-    "denoising_scorer",
-    "hard_negative_accuracy",
-    "hard_negative_table",
-]
-
-Scorer = Callable[[np.ndarray, list[str]], torch.Tensor]
-"""`(images (N, S, S, 3) uint8, N texts) -> (N,)` scores of the pairs (image i, text i); higher means a better match."""
+__all__ = ["adapter_table", "clip_scorer", "hard_negative_accuracy", "hard_negative_table"]
 
 SPLITS = ("test_id", "test_ood")
 
 
-def _pixels(images: np.ndarray) -> torch.Tensor:
-    """(N, S, S, 3) uint8 -> (N, 3, S, S) float in [0, 1], as `discadapt.scoring` takes images."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-
-
-def clip_scorer(model) -> Scorer:
-    """The world CLIP's scaled cosine (`clip.clip_scores`)."""
+def clip_scorer(model, name: str = "world CLIP") -> FunctionScorer:
+    """The world CLIP's scaled cosine (`clip.clip_scores`) as a `scorers.Scorer` of uint8 `(N, S, S, 3)` images."""
     from .clip import clip_scores
 
-    return lambda images, texts: clip_scores(model, images, texts)
+    return FunctionScorer(name, partial(clip_scores, model))
 
 
-def denoising_scorer(pipe, num_timesteps: int = 10, batch_size: int = 256) -> Scorer:
-    """Minus the pipeline's noise-prediction error (`discadapt.denoising_score`, `num_timesteps` timesteps)."""
-    from ...scoring import denoising_score
+def _check_scorer(scorer) -> Scorer:
+    if not isinstance(scorer, Scorer):
+        raise ValueError(
+            f"`scorer` is a {type(scorer).__name__}; pass a scorers.Scorer (name, score(images, prompts)), e.g. "
+            "scorers.FunctionScorer(name, fn) for a function."
+        )
+    return scorer
 
-    def score(images, texts):
-        return denoising_score(pipe, _pixels(images), texts, num_timesteps=num_timesteps, batch_size=batch_size)
 
-    return score
-
-
-def adapter_scorer(pipe, adapter, t: int | Sequence[int] | None = None, batch_size: int = 256) -> Scorer:
-    """The discriminative adapter's ITM logit (`discadapt.itm_score`, at timestep(s) `t`)."""
-    from ...scoring import itm_score
-
-    def score(images, texts):
-        return itm_score(pipe, adapter, _pixels(images), texts, t=t, batch_size=batch_size)
-
-    return score
+def _score_table(scorer: Scorer, examples) -> torch.Tensor:
+    """`(n, 1 + k)` scores of each example's rendered scene with its caption (column 0) and its hard negatives,
+    -inf where an example has fewer than the most (at least one column of negatives)."""
+    images, texts, owner = [], [], []
+    for i, e in enumerate(examples):
+        candidates = [e.caption.text] + [neg.caption.text for neg in e.negatives]
+        image = render(e.scene)
+        images += [image] * len(candidates)
+        texts += candidates
+        owner += [i] * len(candidates)
+    scores = scorer.score(np.stack(images), texts).float().cpu()  # (pairs,)
+    owner = torch.tensor(owner)
+    table = torch.full((len(examples), max(2, int(torch.bincount(owner).max()))), float("-inf"))
+    for i in range(len(examples)):
+        mine = scores[owner == i]  # caption first, then its negatives
+        table[i, : len(mine)] = mine
+    return table
 
 
 @torch.no_grad()
@@ -90,7 +87,7 @@ def hard_negative_accuracy(
     """Per category, the fraction of held-out examples whose caption outscores all its hard negatives.
 
     Args:
-        scorer (Scorer): `(images, texts) -> (N,)` pair scores.
+        scorer (Scorer): a `scorers.Scorer`, `score(images (N, S, S, 3) uint8, texts) -> (N,)`.
         n (int): examples per category and split, >= 1. Default 100.
         splits (Sequence[str]): held-out splits. Default ("test_id", "test_ood").
         categories (Sequence[str]): caption categories. Default all.
@@ -100,37 +97,26 @@ def hard_negative_accuracy(
     Returns:
         dict[str, Interval]: category -> accuracy with its 95% bootstrap interval over examples.
     """
+    scorer = _check_scorer(scorer)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"`n` is {n!r}; pass an int >= 1.")
     categories = [categories] if isinstance(categories, str) else list(categories)
     for category in categories:
         check_choice("category", category, CATEGORIES)
-    result = {}
+    metric = MultipleChoiceAccuracy(categories)
     for category in categories:
-        right = []
         for split in splits:
             examples = make_dataset(n, split=split, seed=seed, categories=[category], image_size=image_size)
-            images, texts, owner = [], [], []
-            for i, e in enumerate(examples):
-                candidates = [e.caption.text] + [neg.caption.text for neg in e.negatives]
-                image = render(e.scene)
-                images += [image] * len(candidates)
-                texts += candidates
-                owner += [i] * len(candidates)
-            scores = scorer(np.stack(images), texts).float().cpu()  # (pairs,)
-            owner = torch.tensor(owner)
-            for i in range(len(examples)):
-                mine = scores[owner == i]  # caption first, then its negatives
-                right.append(bool(mine[0] > mine[1:].max()) if len(mine) > 1 else True)
-        result[category] = bootstrap_ci(right, seed=seed)
-    return result
+            metric.update(_score_table(scorer, examples), categories=[category] * len(examples))
+    items = metric.items()
+    return {c: bootstrap_ci(items["correct"][items["category"] == c], seed=seed) for c in categories}
 
 
 def hard_negative_table(scorers: Mapping[str, Scorer], **options) -> Table:
     """A `bench.Table` of `hard_negative_accuracy` for each scorer (rows) and category (columns).
 
     Args:
-        scorers (Mapping[str, Scorer]): row name -> scorer.
+        scorers (Mapping[str, Scorer]): row name -> `scorers.Scorer`.
         **options: arguments of `hard_negative_accuracy` (n, splits, categories, seed, image_size).
     """
     categories = list(options.get("categories", CATEGORIES))

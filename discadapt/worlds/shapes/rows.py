@@ -15,15 +15,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...bench import pipeline_method
+from ...scorers import AdapterScorer, DenoisingScorer
 from .bundle import WEIGHTS_DIR, BundleError, load_adapter, load_clip, load_lora, load_pipeline
-from .demo import GUIDANCE, pipeline_method
-from .probing import adapter_scorer, adapter_table, clip_scorer, denoising_scorer, hard_negative_table
+from .demo import GUIDANCE
+from .probing import adapter_table, clip_scorer, hard_negative_table
 
 __all__ = [
     "ADAPTER_ITEMS",
     "ADAPTER_T",
     "CORRECTION",
     "PROBING_EXAMPLES",
+    "SCORE_BATCH",
     "bundled_adapter",
     "bundled_tuned",
     "correction_methods",
@@ -36,6 +39,7 @@ PROBING_EXAMPLES = {"full": 100, "quick": 10}  # examples per category and held-
 ADAPTER_ITEMS = {"full": 250, "quick": 25}  # items per held-out split of the adapter table
 ADAPTER_T = 250  # timestep at which the adapter scores rendered scenes (its evaluation timestep)
 CORRECTION = {"scale": 0.5, "stop": 0.6, "normalize": "unit"}  # self-correction settings of the demo rows
+SCORE_BATCH = 256  # pairs per UNet call of the probing scorers
 
 
 def bundled_adapter(root=None, name: str = "adapter"):
@@ -66,14 +70,16 @@ def probing_table(quick: bool = False, root=None, adapter=None, tuned=None):
             scorers["world CLIP"] = clip_scorer(load_clip(root=root))
         except BundleError:
             pass
-        scorers["denoising error (10 t)"] = denoising_scorer(pipe)
+        scorers["denoising error (10 t)"] = DenoisingScorer(pipe, num_timesteps=10, batch_size=SCORE_BATCH)
         if adapter is not None:
-            scorers[f"adapter ITM (t={ADAPTER_T})"] = adapter_scorer(pipe, adapter, t=ADAPTER_T)
+            scorers[f"adapter ITM (t={ADAPTER_T})"] = AdapterScorer(pipe, adapter, t=ADAPTER_T, batch_size=SCORE_BATCH)
         if tuned is not None:
             tuned_pipe, tuned_adapter = tuned
-            scorers["tuned: denoising error (10 t)"] = denoising_scorer(tuned_pipe)
+            scorers["tuned: denoising error (10 t)"] = DenoisingScorer(tuned_pipe, 10, batch_size=SCORE_BATCH)
             if tuned_adapter is not None:
-                scorers[f"tuned: adapter ITM (t={ADAPTER_T})"] = adapter_scorer(tuned_pipe, tuned_adapter, t=ADAPTER_T)
+                scorers[f"tuned: adapter ITM (t={ADAPTER_T})"] = AdapterScorer(
+                    tuned_pipe, tuned_adapter, t=ADAPTER_T, batch_size=SCORE_BATCH
+                )
         return hard_negative_table(scorers, n=PROBING_EXAMPLES["quick" if quick else "full"])
 
     return table
@@ -87,7 +93,9 @@ def correction_methods(pipe, adapter, steps: int, guidance: float = GUIDANCE, pr
     settings = {**CORRECTION, **correction}
     return {
         f"{prefix}self-correction ({mode})": pipeline_method(
-            SelfCorrectingPipeline.from_pipe(pipe, adapter, mode=mode, **settings), steps, guidance
+            SelfCorrectingPipeline.from_pipe(pipe, adapter=adapter, correction={**settings, "mode": mode}),
+            steps,
+            guidance,
         )
         for mode in ("plain", "reuse")
     }

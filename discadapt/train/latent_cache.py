@@ -4,8 +4,8 @@ Layout of `out_dir`:
 
 - `latents-00000.safetensors`, `latents-00001.safetensors`, ...: shard k holds items `k * shard_size` onwards,
   one tensor `(C, h, w)` per item named by its offset in the shard (`"0"`, `"1"`, ...), and metadata
-  `{"vae_hash", "start", "count"}`. Shards are written under a temporary name, then renamed (`os.replace`), so a
-  shard file is always complete.
+  `{"vae_hash", "start", "count"}`. Shards are written atomically (`discadapt.io.write_atomic`), so a shard file is
+  always complete.
 - `index.json`, written last: `{"format": "discadapt.latent_cache", "version": 1, "num_items", "shard_size",
   "vae": {"vae_hash", "scaling_factor", "shift_factor"}, "shards": [file names], "items": [[shard, offset], ...]}`.
 
@@ -40,6 +40,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..io import write_atomic
 from ..scoring import encode_images
 
 __all__ = ["LatentCache", "vae_fingerprint"]
@@ -92,12 +93,6 @@ def _check_vae(found: str, expected: str, where: str) -> None:
             f"{where} was built with another VAE (vae_hash {found[:12]}...) than this pipeline's ({expected[:12]}...); "
             "use another `out_dir`, or delete the cache to rebuild it."
         )
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _encode_shard(pipe, images, start: int, count: int, batch_size: int) -> dict[str, torch.Tensor]:
@@ -218,10 +213,10 @@ class LatentCache(Dataset):
                 _check_vae(found.get("vae_hash", "?"), vae["vae_hash"], f"shard {str(path)!r}")
             if found != meta:
                 tensors = _encode_shard(pipe, dataset_or_images, start, count, batch_size)
-                _write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+                write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
             shards.append(path.name)
             items += [[k, offset] for offset in range(count)]
         index = {"format": FORMAT, "version": 1, "num_items": n, "shard_size": shard_size, "vae": vae}
         index.update(shards=shards, items=items)
-        _write_atomic(out_dir / INDEX, lambda tmp: tmp.write_text(json.dumps(index), encoding="utf-8"))
+        write_atomic(out_dir / INDEX, json.dumps(index))
         return cls(out_dir)

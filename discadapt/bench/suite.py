@@ -1,0 +1,133 @@
+"""An evaluation suite: the prompts to draw, how many images each, their seeds, and the judge that counts them.
+
+- `Prompt(text, category, split, group)`: a prompt, the category and split it is reported under, and the group it
+  is resampled with by the bootstrap (None: the prompt alone; images of one prompt are always resampled together).
+- `Suite(name, prompts, judge, images_per_prompt, seed)`: image k of prompt p is drawn with seed
+  `image_seed(seed, p.text, k)` (`sampling.seeds`, the seeds of `discadapt generate` too), by every method.
+
+A world supplies its suites (the shapes world: `worlds/shapes/suite.py`, its held-out prompts and its oracle as the
+judge) and registers them (`plugins.Registry.add_suite`); `bench.run_suite` runs methods on one.
+
+Example:
+    >>> from discadapt.bench import Prompt, Suite
+    >>> from discadapt.scorers import FunctionJudge, Judgement
+    >>> judge = FunctionJudge("dark", lambda image, prompt: Judgement(bool(image.mean() < 128)))
+    >>> suite = Suite("toy", [Prompt("a red circle", "single"), Prompt("two blue squares", "counting")], judge, 2)
+    >>> suite.jobs()
+    [(0, 0), (0, 1), (1, 0), (1, 1)]
+    >>> len(set(suite.seeds()))
+    4
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..sampling.seeds import image_seed
+from ..scorers import Judge
+
+__all__ = ["Prompt", "Suite"]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of a suite.
+
+    Attributes:
+        text (str): the prompt.
+        category (str): what it tests, a column of the tables. Default "all".
+        split (str): where it comes from (e.g. a held-out split), a row of the per-split table. Default "all".
+        group (str | None): prompts of one group are resampled together by the bootstrap; None: alone. Default None.
+    """
+
+    text: str
+    category: str = "all"
+    split: str = "all"
+    group: str | None = None
+
+
+def _count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` is {value!r}; pass an int >= {minimum}.")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Prompts, images per prompt, seeds and a judge (see the module docstring).
+
+    Args:
+        name (str): the suite's name (reports, the run manifest).
+        prompts (Sequence[Prompt]): the prompts, >= 1, in report order.
+        judge (Judge): gives each image its verdict (`scorers.Judge`).
+        images_per_prompt (int): images drawn per prompt, >= 1. Default 1.
+        seed (int): seed of the images' noise (and of the bootstrap), >= 0. Default 0.
+        min_image_size (int): the smallest image side the judge reads, >= 1; a method returning smaller images is
+            refused. Default 1.
+
+    Raises:
+        ValueError: no prompts, something other than `Prompt`s, a judge without `judge(images, prompts)`, or counts
+            below their minimum.
+    """
+
+    name: str
+    prompts: Sequence[Prompt]
+    judge: Judge
+    images_per_prompt: int = 1
+    seed: int = 0
+    min_image_size: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        if not self.prompts:
+            raise ValueError("`prompts` is empty; pass one or more bench.Prompt objects.")
+        for p in self.prompts:
+            if not isinstance(p, Prompt):
+                raise ValueError(f"`prompts` holds {p!r}; pass bench.Prompt objects, e.g. Prompt('a red circle').")
+        if not isinstance(self.judge, Judge):
+            raise ValueError(
+                f"`judge` is a {type(self.judge).__name__}; pass a scorers.Judge (name, judge(images, prompts)), "
+                "e.g. scorers.FunctionJudge(name, fn)."
+            )
+        object.__setattr__(self, "images_per_prompt", _count("images_per_prompt", self.images_per_prompt, 1))
+        object.__setattr__(self, "seed", _count("seed", self.seed, 0))
+        object.__setattr__(self, "min_image_size", _count("min_image_size", self.min_image_size, 1))
+
+    @property
+    def categories(self) -> list[str]:
+        """The prompts' categories, in order of first appearance."""
+        return list(dict.fromkeys(p.category for p in self.prompts))
+
+    @property
+    def splits(self) -> list[str]:
+        """The prompts' splits, in order of first appearance."""
+        return list(dict.fromkeys(p.split for p in self.prompts))
+
+    def jobs(self) -> list[tuple[int, int]]:
+        """`(prompt index, image index)` of every image, prompt by prompt."""
+        return [(i, k) for i in range(len(self.prompts)) for k in range(self.images_per_prompt)]
+
+    def seeds(self) -> list[int]:
+        """The seed of every image, in the order of `jobs()`."""
+        return [image_seed(self.seed, self.prompts[i].text, k) for i, k in self.jobs()]
+
+    def groups(self) -> np.ndarray:
+        """`(n_images,)` int bootstrap group of every image: the first prompt of its group (its own prompt)."""
+        first, of_prompt = {}, []
+        for i, p in enumerate(self.prompts):
+            of_prompt.append(i if p.group is None else first.setdefault(p.group, i))
+        return np.array([of_prompt[i] for i, _ in self.jobs()], dtype=np.int64)
+
+    def config(self) -> dict:
+        """JSON-ready identity of the suite (the run manifest compares it): name, judge, prompts, counts, seed."""
+        return {
+            "suite": self.name,
+            "judge": self.judge.name,
+            "images_per_prompt": self.images_per_prompt,
+            "seed": self.seed,
+            "min_image_size": self.min_image_size,
+            "prompts": [[p.text, p.category, p.split, p.group] for p in self.prompts],
+        }

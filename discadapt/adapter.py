@@ -17,8 +17,11 @@ UNet conditioned on that text. Sizes come from the UNet and the text encoder: bu
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,6 +43,61 @@ __all__ = ["DiscriminativeAdapter", "AdapterOutput", "DEFAULT_LAYERS", "ITM_TEXT
 DEFAULT_LAYERS = ("up_blocks.0",)
 ITM_TEXT = ("pooled", "tokens")
 _WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+_REQUIRED = ("layers", "in_channels", "text_dim", "token_dim")  # config.json keys without a default
+
+
+def _kind(value) -> str | None:
+    """The kind of a config.json value, as `_check_config` compares them."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return "list of str"
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return "list of int"
+    return None if value is None else type(value).__name__
+
+
+_KINDS = {  # config.json key -> accepted kinds
+    "layers": {"list of str"},
+    "in_channels": {"list of int"},
+    "grid_size": {"int", None},
+    "dropout": {"int", "number"},
+    "logit_scale_init": {"int", "number"},
+    "itm_text": {"str"},
+}
+
+
+def _check_config(path: str) -> None:
+    """A ValueError naming `path` and the key when the saved config lacks a required key or holds a wrong type."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            config = json.load(file)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} cannot be read ({err}); save the adapter again with save_pretrained.") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a {type(config).__name__}, not a JSON object; save the adapter again.")
+    missing = [key for key in _REQUIRED if key not in config]
+    if missing:
+        raise ValueError(
+            f"{path} lacks {', '.join(map(repr, missing))} (required: {', '.join(_REQUIRED)}); save the adapter again "
+            "with save_pretrained, or add the key."
+        )
+    for name, parameter in inspect.signature(DiscriminativeAdapter.__init__).parameters.items():
+        if name == "self" or name not in config:
+            continue
+        allowed = _KINDS.get(name) or {_kind(parameter.default) if parameter.default is not parameter.empty else "int"}
+        if _kind(config[name]) not in allowed:
+            want = " or ".join("null" if k is None else k for k in sorted(allowed, key=str))
+            raise ValueError(
+                f"{path} has {name!r}: {config[name]!r}; it must be {'an' if want[0] in 'aeiou' else 'a'} {want}. Fix "
+                "the file, or save the adapter again with save_pretrained."
+            )
 
 
 @dataclass
@@ -209,22 +267,36 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load what `save_pretrained` wrote. Weights are read from safetensors only: a pickled `.bin` is
-        never unpickled from a user path, and a corrupt file is reported before diffusers reads it."""
-        folder = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
-        if os.path.isdir(folder):
-            weights = os.path.join(folder, _WEIGHTS_NAME)
-            if not os.path.isfile(weights):
-                raise ValueError(
-                    f"No {_WEIGHTS_NAME} in {folder} (found: {sorted(os.listdir(folder))}). discadapt loads adapter "
-                    "weights from safetensors only; convert a trusted .bin with "
-                    "safetensors.torch.save_file(torch.load(path, weights_only=True), ...)."
-                )
-            try:
-                with safe_open(weights, framework="pt"):
-                    pass
-            except Exception as err:
-                raise ValueError(f"{weights} is not a valid safetensors file ({err}); save the adapter again.") from err
+        never unpickled from a user path, and a corrupt file, a config.json lacking a key or holding a value of the
+        wrong type, or a missing folder are reported (naming the path) before diffusers reads them."""
         kwargs.pop("use_safetensors", None)  # diffusers' pipeline loader passes it; safetensors only, always
+        name, sub = os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or ""
+        folder = os.path.join(name, sub) if sub else name
+        if not os.path.isdir(folder):
+            hub_id = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name) and not os.path.exists(name)
+            if hub_id:  # perhaps a Hub repository
+                try:
+                    return super().from_pretrained(pretrained_model_name_or_path, use_safetensors=True, **kwargs)
+                except (OSError, ValueError):
+                    pass
+            what = "it is a file" if os.path.exists(folder) else "no such folder"
+            raise ValueError(
+                f"no adapter at {folder!r}: {what}{' (nor a reachable Hub repository)' if hub_id else ''}; pass the "
+                "folder save_pretrained wrote (e.g. `discadapt probe`'s out/adapter)."
+            )
+        _check_config(os.path.join(folder, "config.json"))
+        weights = os.path.join(folder, _WEIGHTS_NAME)
+        if not os.path.isfile(weights):
+            raise ValueError(
+                f"No {_WEIGHTS_NAME} in {folder} (found: {sorted(os.listdir(folder))}). discadapt loads adapter "
+                "weights from safetensors only; convert a trusted .bin with "
+                "safetensors.torch.save_file(torch.load(path, weights_only=True), ...)."
+            )
+        try:
+            with safe_open(weights, framework="pt"):
+                pass
+        except Exception as err:
+            raise ValueError(f"{weights} is not a valid safetensors file ({err}); save the adapter again.") from err
         return super().from_pretrained(pretrained_model_name_or_path, use_safetensors=True, **kwargs)
 
     # forward --------------------------------------------------------------------------------------------------

@@ -12,14 +12,20 @@ discadapt demo [--quick] [--out DIR]          the shapes world's held-out prompt
 discadapt world train --out RUN [--steps N]   retrain the shapes world's models (resumable)
 discadapt world bundle RUN                    bundle them into the package
 and the pipeline source `--world` (the bundled shapes-world pipeline).
+
+Errors: every command checks its output folder (--out, --dest) and --device before any work, and reports a problem
+as one line, `discadapt <command>: error: what is wrong; the fix`, with exit code 2 (bad input) or 1 (anything
+else); `discadapt --debug <command> ...` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
+from .arguments import Parser, int_at_least, number_at_least, run_command
 from .plugins import add_pipeline_arguments, pipeline_from_args, registry
 from .train.commands import add_commands as add_train_commands
 
@@ -47,28 +53,37 @@ def inspect(args) -> int:
 def generate(args) -> int:
     from .adapter import DiscriminativeAdapter
     from .data import load_prompts
+    from .loading import load_lora
     from .sampling import SelfCorrectingPipeline, generate_to_folder
 
+    # 1. arguments and files, before anything is loaded
     if (args.adapter is None) != (args.correction_scale is None):
         raise ValueError("Self-correction needs both --adapter DIR and --correction-scale X (0 disables it).")
+    if not 0 <= args.correction_start <= args.correction_stop <= 1:
+        raise ValueError(
+            f"The correction window is --correction-start {args.correction_start}, --correction-stop "
+            f"{args.correction_stop}; pass 0 <= start <= stop <= 1."
+        )
     prompts = load_prompts(args.prompts)
-    pipe = pipeline_from_args(args).to(args.device)
-    pipe.set_progress_bar_config(disable=True)
+    # 2. the pipeline, its LoRA and adapter
+    pipe = pipeline_from_args(args)
     if args.lora:
-        pipe.load_lora_weights(args.lora)
+        load_lora(pipe, args.lora, "--lora")
+    pipe = pipe.to(args.device)
+    pipe.set_progress_bar_config(disable=True)
     if args.adapter:
         adapter = DiscriminativeAdapter.from_pretrained(args.adapter).to(args.device)
-        pipe = SelfCorrectingPipeline.from_pipe(
-            pipe,
-            adapter=adapter,
-            correction=dict(
-                scale=args.correction_scale,
-                mode=args.correction_mode,
-                start=args.correction_start,
-                stop=args.correction_stop,
-                normalize=args.correction_normalize,
-            ),
+        correction = dict(
+            scale=args.correction_scale,
+            mode=args.correction_mode,
+            start=args.correction_start,
+            stop=args.correction_stop,
+            normalize=args.correction_normalize,
         )
+        pipe = SelfCorrectingPipeline.from_pipe(pipe, adapter=adapter, correction=correction)
+    # 3. the images, resumably: a folder of other settings is refused (`generate_to_folder`)
+    absolute = lambda path: path and os.path.abspath(path)  # noqa: E731  (a rerun may name them otherwise)
+    source = absolute(args.pipeline) or next(n for n in ("tiny", *registry().sources) if getattr(args, n, False))
     records = generate_to_folder(
         pipe,
         prompts,
@@ -78,6 +93,7 @@ def generate(args) -> int:
         seed=args.seed,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
+        settings={"pipeline": source, "lora": absolute(args.lora), "adapter": absolute(args.adapter)},
     )
     print(f"{len(records)} images for {len(prompts)} prompts in {args.out}")
     return 0
@@ -93,32 +109,35 @@ def _quiet_torchvision_fallback() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_torchvision_fallback()
-    parser = argparse.ArgumentParser(
-        prog="discadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(prog="discadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, and warnings in full")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="list a pipeline's UNet blocks with the shapes of their features")
     add_pipeline_arguments(p)
-    p.add_argument("--size", type=int, default=None, help="latent height and width (default: the UNet's sample_size)")
+    p.add_argument(
+        "--size", type=int_at_least(1), default=None, help="latent height and width (default: the UNet's sample_size)"
+    )
     p.add_argument("--layers", nargs="+", help="module paths to describe (default: every top-level block)")
     p.set_defaults(func=inspect)
 
     g = sub.add_parser("generate", help="generate images for a prompt file (one prompt a line), resumably")
     add_pipeline_arguments(g)
     g.add_argument("--prompts", required=True, help="prompt file, one prompt a line")
-    g.add_argument("--out", required=True, help="output folder: images/ and generations.jsonl")
+    g.add_argument("--out", required=True, help="output folder: images/, manifest.json and generations.jsonl")
     g.add_argument("--lora", help="LoRA folder written by save_lora_weights (e.g. by `discadapt tune`)")
     g.add_argument("--adapter", help="discriminative adapter folder, for self-correction")
-    g.add_argument("--correction-scale", type=float, help="self-correction step size eta (0: off)")
+    g.add_argument("--correction-scale", type=number_at_least(0), help="self-correction step size eta (0: off)")
     g.add_argument("--correction-mode", choices=["plain", "reuse"], default="plain")
     g.add_argument("--correction-start", type=float, default=0.0, help="window start, fraction of the schedule")
     g.add_argument("--correction-stop", type=float, default=1.0, help="window stop, fraction of the schedule")
     g.add_argument("--correction-normalize", choices=["none", "unit", "clip"], default="none")
-    g.add_argument("--steps", type=int, default=30, help="denoising steps")
-    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    g.add_argument("--images-per-prompt", type=int, default=1)
-    g.add_argument("--batch-size", type=int, default=4, help="prompts per pipeline call")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=int_at_least(1), default=30, help="denoising steps")
+    g.add_argument(
+        "--guidance", type=number_at_least(0), default=7.5, help="classifier-free guidance scale (<= 1: off)"
+    )
+    g.add_argument("--images-per-prompt", type=int_at_least(1), default=1)
+    g.add_argument("--batch-size", type=int_at_least(1), default=4, help="prompts per pipeline call")
+    g.add_argument("--seed", type=int_at_least(0), default=0)
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=generate)
 
@@ -127,11 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         add(sub)
 
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # bad input; missing files (e.g. bundled weights)
-        print(f"discadapt {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    name = " ".join(str(part) for part in (args.command, getattr(args, "world_command", None)) if part)
+    return run_command(args, name)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def pipeline_from_args(args: argparse.Namespace):
     """The pipeline `add_pipeline_arguments`' flags selected, loaded offline.
 
     Raises:
-        ValueError: `--pipeline` is not a folder.
+        ValueError: `--pipeline` is not a pipeline folder, or holds pickled weights only (`loading.load_pipeline`).
     """
     if getattr(args, "tiny", False):
         from .testing import tiny_sd_pipeline
@@ -155,10 +155,6 @@ def pipeline_from_args(args: argparse.Namespace):
     for name, found in registry().sources.items():
         if getattr(args, name, False):
             return found.load()
-    from pathlib import Path
+    from .loading import load_pipeline
 
-    from diffusers import DiffusionPipeline
-
-    if not Path(args.pipeline).is_dir():
-        raise ValueError(f"`--pipeline` is {args.pipeline!r}, which is not a folder; pass a diffusers pipeline folder.")
-    return DiffusionPipeline.from_pretrained(args.pipeline, local_files_only=True)
+    return load_pipeline(args.pipeline, "--pipeline")

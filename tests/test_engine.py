@@ -137,6 +137,82 @@ def test_resume_reaches_the_state_of_an_uninterrupted_run_and_trims_the_log(stra
     assert not [p for p in tmp_path.rglob(".*")]  # no temporary file left
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {
+    # name: (how the newest checkpoint (step 4) or the log is damaged, the warning it gives)
+    "truncated trainable.safetensors": (
+        lambda run, newest: _truncate(newest / "trainable.safetensors"),
+        r"step-00000004' is damaged \(trainable.safetensors has \d+ bytes, manifest.json records \d+\)",
+    ),
+    "truncated optimizer.pt": (
+        lambda run, newest: _truncate(newest / "optimizer.pt"),
+        r"step-00000004' is damaged \(optimizer.pt has \d+ bytes",
+    ),
+    "broken state.json": (
+        lambda run, newest: (newest / "state.json").write_text('{"step": 4, "me', encoding="utf-8"),
+        r"step-00000004' is damaged \(state.json has 15 bytes",
+    ),
+    "bit flip in state.json": (
+        lambda run, newest: (newest / "state.json").write_text(
+            (newest / "state.json").read_text().replace("4", "5"), encoding="utf-8"
+        ),
+        r"step-00000004' is damaged \(state.json does not match the sha256 manifest.json records\)",
+    ),
+    "no manifest, truncated optimizer.pt": (  # a checkpoint written before manifests: read back to be trusted
+        lambda run, newest: ((newest / "manifest.json").unlink(), _truncate(newest / "optimizer.pt")),
+        r"step-00000004' is damaged \(optimizer.pt: RuntimeError: .*\); resuming from the checkpoint before it",
+    ),
+    "torn log line": (
+        lambda run, newest: open(run / "log.jsonl", "a").write('{"step": 5, "loss": 0.1'),
+        r"log.jsonl' had 1 unreadable line\(s\) \(cut off when a run was killed\?\); dropped them",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_resume_survives_a_damaged_checkpoint_or_log(straight, tmp_path, damage):
+    """A damaged newest checkpoint falls back to the one before it with a warning naming it (a torn log line is
+    dropped); the resumed run ends with the weights of an uninterrupted one."""
+    first = run_training(Toy(), tmp_path, stop_after=4, progress=False)
+    assert first["step"] == 4
+    run = RunDir(tmp_path)
+    assert [p.name for p in run.checkpoints()] == ["step-00000002", "step-00000004"]
+    assert json.loads((run.latest() / "manifest.json").read_text())["files"].keys() == {
+        "trainable.safetensors", "optimizer.pt", "state.safetensors", "state.json"
+    }  # fmt: skip
+    assert run.damage(run.latest()) is None
+    how, warning = DAMAGE[damage]
+    how(tmp_path, run.latest())
+    objective = Toy()
+    with pytest.warns(UserWarning, match=warning):
+        resumed = run_training(objective, tmp_path, resume=True, progress=False)
+    assert resumed["done"] and resumed["step"] == 6
+    out, _, reference = straight
+    assert_same_state(objective.model.state_dict(), reference.model.state_dict())  # torch.equal, tensor by tensor
+    assert torch.equal(objective.ema, reference.ema)
+    assert_same_state(vars(run.load_checkpoint()), vars(RunDir(out).load_checkpoint()))
+    assert [e["step"] for e in _log(tmp_path)] == [1, 2, 3, 4, 5, 6]
+    assert all(run.damage(folder) is None for folder in run.checkpoints())
+
+
+def test_damaged_checkpoints_and_records_are_named(tmp_path):
+    run_training(Toy(), tmp_path, stop_after=2, progress=False)
+    run = RunDir(tmp_path)
+    _truncate(run.latest() / "trainable.safetensors")
+    with pytest.raises(ValueError, match=r"checkpoint '.*step-00000002' cannot be read: trainable.safetensors: "):
+        run.load_checkpoint(run.latest())
+    with pytest.warns(UserWarning, match="is damaged"), pytest.raises(FileNotFoundError, match="no valid checkpoint"):
+        run.load_checkpoint()
+    with pytest.warns(UserWarning, match=r"step-00000002' is damaged"):  # no valid checkpoint: from step 0
+        assert run_training(Toy(), tmp_path, resume=True, progress=False)["step"] == 6
+    (tmp_path / "train_config.json").write_text("{", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"train_config.json' is not valid JSON .*; this run folder is damaged"):
+        run_training(Toy(), tmp_path, resume=True, progress=False)
+
+
 def test_one_schedule_per_group_checked_against_the_formula(straight):
     out, result, _ = straight
     total, warmup, lr = 6, 2, 0.1

@@ -1,4 +1,6 @@
+import contextlib
 import json
+import math
 
 import numpy as np
 import pytest
@@ -111,7 +113,10 @@ def test_generate_to_folder_is_batch_independent_and_resumable(pipe, tmp_path):
     # interrupted run: one image missing; only its prompt is generated again, identically
     (tmp_path / "a" / "images" / "00001-1.png").unlink()
     calls.clear()
-    generate_to_folder(counting, PROMPTS, tmp_path / "a", images_per_prompt=2, batch_size=1, progress=False, **STEPS)
+    with pytest.warns(UserWarning, match=r"00001-1.png' is missing; drawing it again"):
+        generate_to_folder(
+            counting, PROMPTS, tmp_path / "a", images_per_prompt=2, batch_size=1, progress=False, **STEPS
+        )
     assert calls == [["a blue square"]]
     assert np.array_equal(_images(tmp_path / "a")["00001-1.png"], a["00001-1.png"])
     with pytest.raises(ValueError, match="`prompts` is empty"):
@@ -187,3 +192,88 @@ def test_cli_generate_errors(tmp_path, capsys):
     assert "needs both --adapter DIR and --correction-scale X" in capsys.readouterr().err
     assert main([*base, "--prompts", str(tmp_path / "missing.txt")]) == 2
     assert "missing.txt" in capsys.readouterr().err
+
+
+# ---- resume: a manifest of settings and finished images, verified files, refusals --------------------------------
+
+
+def _bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted((folder / "images").glob("*.png"))}
+
+
+def test_generate_resume_refuses_other_settings_and_prompts_and_never_relabels(pipe, tmp_path):
+    out = tmp_path / "out"
+    records = generate_to_folder(pipe, PROMPTS[:2], out, progress=False, **STEPS)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["pipe_kwargs"] == STEPS and set(manifest["images"]) == {r["file"] for r in records}
+    before, jsonl = _bytes(out), (out / "generations.jsonl").read_text()
+    refusals = {
+        "steps": (
+            dict(PROMPTS=PROMPTS[:2], num_inference_steps=4),
+            r"other settings \(pipe_kwargs.num_inference_steps: 3 there, 4 now\)",
+        ),
+        "seed": (dict(PROMPTS=PROMPTS[:2], seed=1), r"other settings \(seed: 0 there, 1 now\); pass another `out`"),
+        "images": (dict(PROMPTS=PROMPTS[:2], images_per_prompt=2), r"images_per_prompt: 1 there, 2 now"),
+        "caller": (dict(PROMPTS=PROMPTS[:2], settings={"lora": "x"}), r"lora: None there, 'x' now"),
+        "prompts": (
+            dict(PROMPTS=[PROMPTS[0], "a green circle"]),
+            r"holds images/00001-0.png of prompt 'a blue square', but prompt 'a green circle' now stands at its",
+        ),
+    }  # fmt: skip
+    for name, (change, match) in refusals.items():
+        kwargs = {**STEPS, **change}
+        prompts = kwargs.pop("PROMPTS")
+        with pytest.raises(ValueError, match=match):
+            generate_to_folder(pipe, prompts, out, progress=False, **kwargs)
+        assert _bytes(out) == before and (out / "generations.jsonl").read_text() == jsonl, name
+    # adding a prompt at the end continues the folder, drawing only the new prompt
+    calls = []
+    counting = lambda **kwargs: calls.append(kwargs["prompt"]) or pipe(**kwargs)  # noqa: E731
+    more = generate_to_folder(counting, PROMPTS, out, progress=False, **STEPS)
+    assert calls == [[PROMPTS[2]]] and len(more) == 3 and {k: _bytes(out)[k] for k in before} == before
+    # a folder written without a manifest (an older discadapt) is refused, not relabelled
+    (out / "manifest.json").unlink()
+    with pytest.raises(ValueError, match=r"holds images but no manifest.json .*; pass another `out` folder"):
+        generate_to_folder(pipe, PROMPTS, out, progress=False, **STEPS)
+    (out / "manifest.json").write_text("{", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"manifest.json' cannot be read \(JSONDecodeError"):
+        generate_to_folder(pipe, PROMPTS, out, progress=False, **STEPS)
+
+
+@pytest.mark.parametrize("damage", ["zero bytes", "truncated", "not in the manifest"])
+def test_generate_redraws_damaged_images(pipe, tmp_path, damage):
+    out = tmp_path / "out"
+    generate_to_folder(pipe, PROMPTS[:2], out, progress=False, **STEPS)
+    before = _bytes(out)
+    path = out / "images" / "00001-0.png"
+    if damage == "zero bytes":
+        path.write_bytes(b"")
+        warning = r"00001-0.png' has 0 bytes and another sha256 than manifest.json records; drawing it again"
+    elif damage == "truncated":
+        path.write_bytes(before["00001-0.png"][:-40])
+        warning = r"00001-0.png' has \d+ bytes and another sha256"
+    else:  # killed after the image was written, before the manifest was: the file is not trusted
+        manifest = json.loads((out / "manifest.json").read_text())
+        del manifest["images"]["images/00001-0.png"]
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        path.write_bytes(b"garbage")
+        warning = None
+    calls = []
+    counting = lambda **kwargs: calls.append(kwargs["prompt"]) or pipe(**kwargs)  # noqa: E731
+    with pytest.warns(UserWarning, match=warning) if warning else contextlib.nullcontext():
+        generate_to_folder(counting, PROMPTS[:2], out, progress=False, **STEPS)
+    assert calls == [[PROMPTS[1]]] and _bytes(out) == before
+
+
+def test_generate_checks_sampler_settings_before_any_work(pipe, tmp_path):
+    for kwargs, match in [
+        (dict(guidance_scale=math.inf), r"`guidance_scale` is inf; pass a finite number >= 0"),
+        (dict(guidance_scale=math.nan), r"`guidance_scale` is nan; pass a finite number >= 0"),
+        (dict(guidance_scale=-1.0), r"`guidance_scale` is -1.0; pass a finite number >= 0 .*values <= 1 turn"),
+        (dict(num_inference_steps=0), r"`num_inference_steps` is 0; pass an int >= 1"),
+        (dict(num_inference_steps=-1), r"`num_inference_steps` is -1; pass an int >= 1"),
+        (dict(output_type="pil"), r"`output_type` is set by `generate_to_folder`"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            generate_to_folder(pipe, PROMPTS, tmp_path / "out", progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()

@@ -20,18 +20,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..sampling.checks import check_guidance, check_steps, finite_images
 from ..sampling.seeds import image_generators
 
 __all__ = ["Method", "check_images", "pipeline_method"]
 
 Method = Callable[[list[str], list[int]], np.ndarray]
 """`(prompts, seeds) -> images`: N prompts and N seeds (one per image) to `(N, S, S, 3)` uint8 images."""
-
-
-def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"`steps` is {steps!r}; pass an int >= 1.")
-    return int(steps)
 
 
 def pipeline_method(pipe, steps: int = 25, guidance: float = 4.0, **pipe_kwargs) -> Method:
@@ -41,14 +36,15 @@ def pipeline_method(pipe, steps: int = 25, guidance: float = 4.0, **pipe_kwargs)
         pipe (DiffusionPipeline): a text-to-image pipeline (`unet.config.sample_size * vae_scale_factor` is the
             image side), or a `SelfCorrectingPipeline`.
         steps (int): sampler steps, >= 1. Default 25.
-        guidance (float): classifier-free guidance scale (<= 1 turns it off). Default 4.0.
+        guidance (float): classifier-free guidance scale, finite and >= 0 (<= 1 turns it off). Default 4.0.
         **pipe_kwargs: further arguments of `pipe(...)`, e.g. `eta`.
 
     Returns:
-        Method: `(prompts, seeds) -> (N, S, S, 3)` uint8 images.
+        Method: `(prompts, seeds) -> (N, S, S, 3)` uint8 images; it raises `sampling.checks.NonFiniteImageError`
+        (naming the prompts) when an image holds NaN or infinite values, so none is judged or saved.
 
     Raises:
-        ValueError: `steps` is not an int >= 1.
+        ValueError: `steps` is not an int >= 1, or `guidance` not a finite number >= 0.
 
     Example:
         >>> generate = pipeline_method(pipe, steps=10)  # doctest: +SKIP
@@ -57,7 +53,7 @@ def pipeline_method(pipe, steps: int = 25, guidance: float = 4.0, **pipe_kwargs)
     """
     import torch
 
-    steps = _check_steps(steps)
+    steps, guidance = check_steps(steps), check_guidance(guidance)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
 
     def generate(prompts: list[str], seeds: list[int]) -> np.ndarray:
@@ -72,7 +68,7 @@ def pipeline_method(pipe, steps: int = 25, guidance: float = 4.0, **pipe_kwargs)
                 output_type="np",
                 **pipe_kwargs,
             ).images  # (N, S, S, 3) float in [0, 1]
-        return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+        return finite_images(images, prompts)
 
     return generate
 

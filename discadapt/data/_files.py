@@ -44,9 +44,18 @@ def check_images_exist(names: Iterable[str], root: str | os.PathLike, arg: str) 
     """`root / name` for each name, after checking that all exist.
 
     Raises a `ValueError` naming the first few missing paths and how many are missing, so a wrong `root` shows at
-    once instead of when a training run reaches the first missing image.
+    once instead of when a training run reaches the first missing image; and one naming a name that escapes `root`
+    (absolute, or leading out of it through `..`): an annotation file may not point at files elsewhere.
     """
     root = Path(root)
+    names = list(names)
+    for name in names:
+        parts = Path(os.path.normpath(name)).parts
+        if Path(name).is_absolute() or (parts and parts[0] == ".."):
+            raise ValueError(
+                f"`{arg}` lists the image {name!r}, which escapes the image root {str(root)!r}; image names must be "
+                "relative paths inside it (no leading / or ..): fix the file, or pass the right image root."
+            )
     paths = [root / name for name in names]
     missing = [str(p) for p in dict.fromkeys(paths) if not p.is_file()]
     if missing:
@@ -59,9 +68,16 @@ def check_images_exist(names: Iterable[str], root: str | os.PathLike, arg: str) 
 
 
 def load_rgb(path: str | os.PathLike) -> PIL.Image.Image:
-    """The image at `path`, fully loaded and converted to RGB."""
-    with PIL.Image.open(path) as image:
-        return image.convert("RGB")
+    """The image at `path`, fully loaded and converted to RGB; a ValueError naming `path` if it cannot be read
+    (truncated, corrupt, not an image)."""
+    try:
+        with PIL.Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as err:
+        raise ValueError(
+            f"image {str(path)!r} cannot be read ({type(err).__name__}: {err}); replace the file, or remove it from "
+            "the dataset."
+        ) from None
 
 
 class LazyImages(Sequence):

@@ -114,7 +114,12 @@ class CaptionedFolder(Dataset):
         if not root.is_dir():
             raise ValueError(f"`root` is {str(root)!r}, which is not a folder; pass the folder holding the images.")
         path = _find_captions(root) if captions is None else check_file(captions, "captions")
-        text = path.read_text(encoding="utf-8-sig")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"`captions` {str(path)!r} is not UTF-8 text ({err}); save the captions file as UTF-8."
+            ) from None
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
             rows = _read_jsonl(text, path, caption_column)
@@ -126,6 +131,12 @@ class CaptionedFolder(Dataset):
             raise ValueError(f"`captions` is {str(path)!r}; its suffix must be .jsonl, .txt, .tsv or .csv.")
         if not rows:
             raise ValueError(f"`captions` {str(path)!r} lists no images; the dataset is empty.")
+        empty = [name for name, caption in rows if not caption.strip()]
+        if empty:
+            raise ValueError(
+                f"`captions` {str(path)!r} gives {len(empty)} image(s) an empty caption (e.g. {empty[0]!r}); write a "
+                "caption for each, or remove their lines."
+            )
         self.rows = rows
         self.paths = check_images_exist([name for name, _ in rows], root, "captions")
 

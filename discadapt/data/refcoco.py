@@ -39,11 +39,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import PIL.Image
 import torch
 from torch.utils.data import Dataset
 
-from ._files import check_images_exist, read_json
+from ._files import check_images_exist, load_rgb, read_json
 
 __all__ = ["ReferringExpressions", "normalize_box"]
 
@@ -183,8 +182,7 @@ class ReferringExpressions(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         row = self.rows[index]
-        with PIL.Image.open(self.paths[index]) as file:
-            image = file.convert("RGB")
+        image = load_rgb(self.paths[index])
         boxes = row.get("boxes")
         if boxes is None:  # plain list without width/height: checked against the file's size now
             boxes = [normalize_box(b, *image.size, row["where"]) for b in row["bbox"]]

@@ -89,7 +89,7 @@ class SelfCorrectionMixin:
             )
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         fix = callback = SelfCorrection(self.adapter, prompts, **settings)
-        inputs = list(fix.tensor_inputs)
+        inputs = [name for name in fix.tensor_inputs if name in self._callback_tensor_inputs]
         if kwargs.get("callback_on_step_end") is not None:
             theirs = kwargs.pop("callback_on_step_end")
             if isinstance(theirs, (PipelineCallback, MultiPipelineCallbacks)):

@@ -20,10 +20,13 @@ Two modes:
   With classifier-free guidance a recorded pass runs its unconditional half as a separate call without a graph,
   so the backward crosses the conditional half only (the guided prediction then differs from the batched one by
   float rounding, on recorded steps only).
-A non-finite gradient skips the step with a warning. The callback reads only `latents`, so it works with any
-diffusers pipeline that exposes them, with or without classifier-free guidance. The settings are the callback's
-`config` (diffusers' `ConfigMixin`); the adapter follows the pipeline's execution device. For SD and SDXL the
-self-correcting pipelines (`pipeline.py`) hold the adapter as a component and pass the call's prompts themselves.
+A non-finite gradient, or a corrected latent that is not finite in the pipeline's dtype, skips the step with a
+warning. The callback changes only `latents`, so it works with any diffusers pipeline that exposes them, with or
+without classifier-free guidance; it also reads `prompt_embeds` (in `tensor_inputs`; pass `["latents"]` to a pipeline
+that does not expose them) to check on the first step that its `prompt` is the pipeline's: a prompt list that does
+not match the pipeline's batch (e.g. one prompt while the pipeline draws three) is a ValueError. The settings are the
+callback's `config` (diffusers' `ConfigMixin`); the adapter follows the pipeline's execution device. For SD and SDXL
+the self-correcting pipelines (`pipeline.py`) hold the adapter as a component and pass the call's prompts themselves.
 
 Example:
     >>> fix = SelfCorrection(adapter, prompt=prompts, scale=0.5)
@@ -76,7 +79,7 @@ class SelfCorrection(PipelineCallback):
         mode (`str`, defaults to `"plain"`): `"plain"` or `"reuse"` (low overhead; needs an adapter, one iteration).
     """
 
-    tensor_inputs = ["latents"]
+    tensor_inputs = ["latents", "prompt_embeds"]  # prompt_embeds: read, to check that `prompt` is the pipeline's
 
     def __init__(
         self,
@@ -148,14 +151,33 @@ class SelfCorrection(PipelineCallback):
                 self.adapter.to(device)
             self.scorer = AdapterScorer(pipe, self.adapter)  # checks that the adapter fits the pipeline
 
-    def _text_for(self, pipe, batch: int) -> TextEmbeddings:
+    def _check_prompts(self, batch: int, prompt_embeds: torch.Tensor | None) -> None:
+        """A ValueError unless the pipeline's batch of `batch` latents could come from `self.prompts`: a multiple of
+        their number, and, when the pipeline gives its `prompt_embeds`, latents of the same prompt exactly where the
+        pipeline's prompt embeddings are the same (one prompt given while the pipeline draws three would steer every
+        latent toward it)."""
+        if batch % len(self.prompts):
+            raise ValueError(
+                f"The pipeline's batch has {batch} latents, not a multiple of the {len(self.prompts)} prompts given to "
+                "SelfCorrection; pass it the same `prompt` as the pipeline."
+            )
+        if prompt_embeds is None or prompt_embeds.shape[0] < batch:
+            return
+        ours = [self.prompts[i // (batch // len(self.prompts))] for i in range(batch)]
+        rows = prompt_embeds[-batch:].detach().flatten(1)  # the conditional half under classifier-free guidance
+        theirs = torch.unique(rows, dim=0, return_inverse=True)[1].tolist()
+        canonical = lambda labels: [list(dict.fromkeys(labels)).index(label) for label in labels]  # noqa: E731
+        if canonical(ours) != canonical(theirs):
+            raise ValueError(
+                f"SelfCorrection was given {len(self.prompts)} prompt(s), but the pipeline's {batch} latents come from "
+                f"{len(set(theirs))} different prompt(s) in another order, so latents would be steered toward "
+                "another image's prompt; pass SelfCorrection the same `prompt` list as the pipeline."
+            )
+
+    def _text_for(self, pipe, batch: int, prompt_embeds: torch.Tensor | None = None) -> TextEmbeddings:
         """The prompts' embeddings, repeated for `num_images_per_prompt`, encoded once per pipeline and batch."""
         if self._text is None or self._text[:2] != (id(pipe), batch):
-            if batch % len(self.prompts):
-                raise ValueError(
-                    f"The pipeline's batch has {batch} latents, not a multiple of the {len(self.prompts)} prompts "
-                    "given to SelfCorrection; pass it the same `prompt` as the pipeline."
-                )
+            self._check_prompts(batch, prompt_embeds)
             self._check_pipeline(pipe)
             with torch.no_grad():
                 text = encode_text(pipe, self.prompts)
@@ -211,7 +233,7 @@ class SelfCorrection(PipelineCallback):
 
     def callback_fn(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
         latents = callback_kwargs["latents"]
-        text = self._text_for(pipe, latents.shape[0])  # checks the pipeline on the first call
+        text = self._text_for(pipe, latents.shape[0], callback_kwargs.get("prompt_embeds"))  # checks on the first call
         eta = self.step_size(pipe, step_index)
         if eta > 0:
             callback_kwargs["latents"] = self._correct(pipe, step_index, latents, text, eta)

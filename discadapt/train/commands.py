@@ -24,6 +24,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..arguments import Parser, run_command
 from ..plugins import add_pipeline_arguments, pipeline_from_args, registry
 
 __all__ = ["add_commands", "main"]
@@ -58,7 +59,13 @@ def _datasets(args) -> list:
 def _config(args, stage: str):
     from .config import ProbeConfig, TuneConfig
 
-    adapter_config = json.loads(args.adapter_config) if args.adapter_config else {}
+    try:
+        adapter_config = json.loads(args.adapter_config) if args.adapter_config else {}
+    except ValueError as err:
+        raise ValueError(
+            f"`--adapter-config` is {args.adapter_config!r}, not valid JSON ({err}); pass a JSON object, e.g. "
+            '\'{"hidden_size": 128}\' (quoted for the shell).'
+        ) from None
     if not isinstance(adapter_config, dict):
         raise ValueError(
             f"`--adapter-config` is {args.adapter_config!r}; pass a JSON object, e.g. '{{\"hidden_size\": 128}}'."
@@ -227,16 +234,11 @@ def add_commands(subparsers) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m discadapt.train.commands probe|tune ...` (what `accelerate launch -m` runs)."""
-    parser = argparse.ArgumentParser(
-        prog="discadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(prog="discadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ValueError as err:
-        print(f"discadapt {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(args, args.command)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 from dataclasses import dataclass, field
 
-from ..adapter import DEFAULT_LAYERS
+from ..adapter import DEFAULT_LAYERS, DiscriminativeAdapter
 from ..losses import RECLossConfig
 from .schedule import LR_SCHEDULES, lr_factor
 
@@ -126,6 +127,14 @@ class TrainConfig:
                 raise ValueError(
                     f"`adapter_config` sets {name!r}, which comes from the pipeline or `layers`; remove it."
                 )
+        from_pipeline = ("self", "layers", "in_channels", "text_dim", "token_dim")
+        known = [n for n in inspect.signature(DiscriminativeAdapter.__init__).parameters if n not in from_pipeline]
+        unknown = sorted(set(self.adapter_config) - set(known))
+        if unknown:
+            raise ValueError(
+                f"`adapter_config` has unknown key(s) {', '.join(map(repr, unknown))}; the adapter's arguments are "
+                f"{', '.join(known)}."
+            )
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:

@@ -16,7 +16,9 @@ values of each tensor, as float32 bytes), so a cache built with another VAE (or 
 precision) is refused.
 
 Re-running `build` on the same `out_dir` resumes: shards already there for the same VAE and item range are kept,
-missing ones are encoded. The images must be the same, in the same order (this is not checked).
+missing ones are encoded, and damaged ones (truncated, garbled) are encoded again with a warning naming them. The
+images must be the same, in the same order (this is not checked). Opening a cache with a damaged shard raises a
+ValueError naming it.
 
 Example:
     >>> cache = LatentCache.build(pipe, dataset, "latents/", batch_size=16, shard_size=1024)
@@ -30,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -144,6 +147,15 @@ class LatentCache(Dataset):
                 f"{len(missing)} shard(s) of the cache in {str(self.out_dir)!r} are missing: {missing[:3]}; "
                 "run `LatentCache.build` again to re-encode them."
             )
+        for name in index["shards"]:
+            try:
+                with safe_open(self.out_dir / name, framework="pt"):
+                    pass
+            except Exception as err:
+                raise ValueError(
+                    f"shard {str(self.out_dir / name)!r} of the latent cache is damaged ({err}); run "
+                    "`LatentCache.build` again with the same images: it encodes that shard again."
+                ) from None
         self.index = index
         self.vae = index["vae"]
 
@@ -208,9 +220,13 @@ class LatentCache(Dataset):
             meta = {"vae_hash": vae["vae_hash"], "start": str(start), "count": str(count)}
             found = None
             if path.is_file():
-                with safe_open(path, framework="pt") as file:
-                    found = file.metadata() or {}
-                _check_vae(found.get("vae_hash", "?"), vae["vae_hash"], f"shard {str(path)!r}")
+                try:
+                    with safe_open(path, framework="pt") as file:
+                        found = file.metadata() or {}
+                except Exception as err:  # truncated or garbled: safetensors checks the header against the size
+                    warnings.warn(f"shard {str(path)!r} is damaged ({err}); encoding it again.", stacklevel=2)
+                else:
+                    _check_vae(found.get("vae_hash", "?"), vae["vae_hash"], f"shard {str(path)!r}")
             if found != meta:
                 tensors = _encode_shard(pipe, dataset_or_images, start, count, batch_size)
                 write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))

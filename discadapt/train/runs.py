@@ -9,6 +9,7 @@ Layout of a run folder:
         optimizer.pt             the optimizer's state_dict (read back with weights_only=True)
         state.safetensors        the objective's own tensors (e.g. EMA weights), when it has any
         state.json               {"step": N, "meta": the objective's own JSON values (e.g. a latent scale)}
+        manifest.json            written last: {"files": {name: {"size", "sha256"}}} of the files above
     <output>/                    what the objective writes at the end (adapter/, lora/, pipeline/, model/), each with
                                  a `train_step.json` marker {"step": N, ...}
 
@@ -16,6 +17,12 @@ Everything is written through `discadapt.io` (a temporary name, then `os.replace
 holds complete checkpoints and an output folder is the old one or the new one, never a mix. A folder is resumed only
 with the same objective, configuration (but the `resumable` fields), data and number of processes: `RunDir.check`
 raises a ValueError naming the differences before anything is written.
+
+Files damaged after they were written (a full disk, a copy cut short, bit rot) do not block a resume: a checkpoint is
+used only if its files match the sizes and sha256 of its `manifest.json` (one written before manifests existed: only
+if it reads back); `RunDir.check` resumes from the newest valid checkpoint with a warning naming each damaged newer
+one, and `RunDir.start` removes those (the resumed run writes them again). Unreadable lines of `log.jsonl` (the last
+line of a killed run, cut off mid-write) are dropped with a warning.
 
 Example:
     >>> run = RunDir("runs/probe")
@@ -30,6 +37,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -45,6 +53,7 @@ VERSION = 2
 RECORD = "train_config.json"
 LOG = "log.jsonl"
 MARKER = "train_step.json"
+CHECKSUMS = "manifest.json"  # in each checkpoint folder, written last
 _SHOWN = 8  # differing fields named in a refusal
 
 
@@ -102,6 +111,48 @@ def _step_of(folder: Path) -> int:
     return int(folder.name.split("-")[1])
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checksums(folder: Path) -> dict:
+    """`{"files": {name: {"size", "sha256"}}}` of the files in `folder` (a checkpoint being written)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS)
+    return {"files": {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+
+
+class _Unreadable(ValueError):
+    """A checkpoint file that does not read back; `detail` names the file and the reader's error."""
+
+    def __init__(self, folder: Path, detail: str):
+        self.detail = detail
+        super().__init__(
+            f"checkpoint {str(folder)!r} cannot be read: {detail}; delete the folder to resume from the checkpoint "
+            "before it."
+        )
+
+
+def _read_checkpoint(folder: Path, device: str | torch.device) -> Checkpoint:
+    """The checkpoint in `folder`; a ValueError (`_Unreadable`) naming the file that cannot be read."""
+    name = "state.json"
+    try:
+        saved = json.loads((folder / name).read_text(encoding="utf-8"))
+        step, meta = int(saved["step"]), saved.get("meta", {})
+        name = "trainable.safetensors"
+        trainable = load_file(folder / name, device=str(device))
+        name = "optimizer.pt"
+        optimizer = torch.load(folder / name, map_location=device, weights_only=True)
+        name = "state.safetensors"
+        state = load_file(folder / name, device=str(device)) if (folder / name).is_file() else {}
+    except Exception as err:  # truncated, missing or garbled: whatever the reader raises
+        raise _Unreadable(folder, f"{name}: {type(err).__name__}: {err}") from err
+    return Checkpoint(step=step, trainable=trainable, optimizer=optimizer, state=state, meta=meta)
+
+
 class RunDir:
     """A run folder (layout in the module docstring).
 
@@ -120,35 +171,75 @@ class RunDir:
         """The saved record, or None for a new folder."""
         if not self.record_path.is_file():
             return None
-        return json.loads(self.record_path.read_text(encoding="utf-8"))
+        try:
+            return json.loads(self.record_path.read_text(encoding="utf-8"))
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(
+                f"{str(self.record_path)!r} is not valid JSON ({err}); this run folder is damaged: pass a new "
+                "`out_dir`, or restore the file."
+            ) from None
 
     def checkpoints(self) -> list[Path]:
-        """The complete checkpoint folders, oldest first."""
-        return sorted(self.checkpoint_root.glob("step-*")) if self.checkpoint_root.is_dir() else []
+        """The checkpoint folders (`step-NNNNNNNN`), oldest first; complete when written, valid or not now."""
+        if not self.checkpoint_root.is_dir():
+            return []
+        return sorted(p for p in self.checkpoint_root.glob("step-*") if p.is_dir() and p.name[5:].isdigit())
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint folder, or None."""
+        """The newest checkpoint folder, or None (not verified: see `latest_valid`)."""
         found = self.checkpoints()
         return found[-1] if found else None
 
+    def damage(self, folder: str | os.PathLike) -> str | None:
+        """What is wrong with checkpoint `folder` (a file missing, or of another size or sha256 than its
+        `manifest.json` records; without a manifest, a file that does not read back), or None if it is valid."""
+        folder = Path(folder)
+        manifest = folder / CHECKSUMS
+        if not manifest.is_file():  # written before checkpoints had a manifest: valid if it reads back
+            try:
+                _read_checkpoint(folder, "cpu")
+            except _Unreadable as err:
+                return err.detail
+            return None
+        try:
+            files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+            expected = {str(name): (int(f["size"]), str(f["sha256"])) for name, f in files.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            return f"{CHECKSUMS} cannot be read ({type(err).__name__}: {err})"
+        for name, (size, sha256) in expected.items():
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != size:
+                return f"{name} has {path.stat().st_size} bytes, {CHECKSUMS} records {size}"
+            if _sha256(path) != sha256:
+                return f"{name} does not match the sha256 {CHECKSUMS} records"
+        return None
+
+    def latest_valid(self) -> Path | None:
+        """The newest checkpoint folder that passes `damage`, or None; warns naming each damaged newer one."""
+        for folder in reversed(self.checkpoints()):
+            found = self.damage(folder)
+            if found is None:
+                return folder
+            warnings.warn(
+                f"checkpoint {str(folder)!r} is damaged ({found}); resuming from the checkpoint before it instead "
+                "(the damaged one is removed, and written again when the run gets there).",
+                stacklevel=2,
+            )
+        return None
+
     def load_checkpoint(self, folder: Path | None = None, device: str | torch.device = "cpu") -> Checkpoint:
-        """The checkpoint in `folder` (default: the newest), tensors on `device`.
+        """The checkpoint in `folder` (default: the newest valid one, `latest_valid`), tensors on `device`.
 
         Raises:
-            FileNotFoundError: the run has no checkpoint.
+            FileNotFoundError: the run has no (valid) checkpoint.
+            ValueError: a file of `folder` cannot be read (naming it).
         """
-        folder = self.latest() if folder is None else Path(folder)
+        folder = self.latest_valid() if folder is None else Path(folder)
         if folder is None:
-            raise FileNotFoundError(f"no checkpoint under {self.checkpoint_root}; train the run first.")
-        saved = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        state = folder / "state.safetensors"
-        return Checkpoint(
-            step=saved["step"],
-            trainable=load_file(folder / "trainable.safetensors", device=str(device)),
-            optimizer=torch.load(folder / "optimizer.pt", map_location=device, weights_only=True),
-            state=load_file(state, device=str(device)) if state.is_file() else {},
-            meta=saved.get("meta", {}),
-        )
+            raise FileNotFoundError(f"no valid checkpoint under {self.checkpoint_root}; train the run first.")
+        return _read_checkpoint(folder, device)
 
     def output_step(self, name: str) -> int | None:
         """The step recorded in output folder `name`'s marker, or None when there is no such output."""
@@ -169,6 +260,8 @@ class RunDir:
             resumable (Sequence[str]): `config` fields a resumed run may change.
             steps_name (str): the argument that sets `steps`, named in the error. Default "steps".
 
+        The checkpoint returned is the newest valid one (`latest_valid`: damaged newer ones are named in a warning).
+
         Raises:
             ValueError: the folder holds a run and `resume` is False; or another run (naming the fields that
                 differ); or a checkpoint past `steps`.
@@ -184,6 +277,7 @@ class RunDir:
             )
         if saved is not None:
             self._check_record(saved, record, resumable)
+        checkpoint = self.latest_valid()
         if checkpoint is not None and _step_of(checkpoint) > steps:
             raise ValueError(
                 f"`{steps_name}` is {steps}, but {str(self.path)!r} already holds {_step_of(checkpoint)} steps; pass "
@@ -211,19 +305,41 @@ class RunDir:
 
     # ---- writing -------------------------------------------------------------------------------------------------
     def start(self, record: dict, step: int) -> None:
-        """Create the folder, remove leftovers of killed writers, write the record and drop the log lines of steps
-        after `step` (the steps a resumed run takes again)."""
+        """Create the folder, remove leftovers of killed writers and checkpoints after `step` (damaged ones, which
+        `check` skipped), write the record and drop the log lines of steps after `step` (the steps a resumed run
+        takes again) and unreadable ones."""
         self.path.mkdir(parents=True, exist_ok=True)
         clean_temporary(self.path)
         if self.checkpoint_root.is_dir():
             clean_temporary(self.checkpoint_root)
+        for folder in self.checkpoints():
+            if _step_of(folder) > step:
+                shutil.rmtree(folder)
         full = {"format": FORMAT, "version": VERSION, **record}
         write_atomic(self.record_path, json.dumps(full, indent=1))
         if self.log_path.is_file():
-            lines = self.log_path.read_text(encoding="utf-8").splitlines()
-            kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-            if len(kept) != len(lines):
-                write_atomic(self.log_path, "".join(line + "\n" for line in kept))
+            self._trim_log(step)
+
+    def _trim_log(self, step: int) -> None:
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        kept, unreadable = [], 0
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line) if line.strip() else None
+            except ValueError:
+                unreadable += 1  # e.g. the last line of a killed run, cut off mid-write
+                continue
+            if isinstance(entry, dict) and entry.get("step", 0) <= step:
+                kept.append(line)
+        if unreadable:
+            warnings.warn(
+                f"{str(self.log_path)!r} had {unreadable} unreadable line(s) (cut off when a run was killed?); "
+                "dropped them.",
+                stacklevel=3,
+            )
+        new = "".join(line + "\n" for line in kept)
+        if new != text:
+            write_atomic(self.log_path, new)
 
     def save_checkpoint(self, checkpoint: Checkpoint, keep: int) -> Path:
         """Write `checkpoint` as `checkpoints/step-NNNNNNNN` atomically and keep the `keep` newest ones."""
@@ -237,6 +353,7 @@ class RunDir:
                 save_file(state, folder / "state.safetensors")
             meta = {"step": checkpoint.step, "meta": checkpoint.meta}
             (folder / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+            (folder / CHECKSUMS).write_text(json.dumps(_checksums(folder)), encoding="utf-8")  # last
 
         final = replace_dir(self.checkpoint_root / f"step-{checkpoint.step:08d}", write)
         for old in self.checkpoints()[:-keep]:

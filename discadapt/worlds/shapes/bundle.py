@@ -177,7 +177,7 @@ def bundle_world(run_dir: str | os.PathLike, dest: str | os.PathLike | None = No
 
     run_dir = Path(run_dir)
     config, marker = _run_output(run_dir, "pipeline", "discadapt world train")
-    pipe = StableDiffusionPipeline.from_pretrained(run_dir / "pipeline", local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(run_dir / "pipeline", local_files_only=True, use_safetensors=True)
     sizes, rest = split_sizes(config)
     initial = initial_models(ModelSizes(**sizes), rest["seed"])[1].get_input_embeddings().weight.detach()
     manifest = {
@@ -241,7 +241,7 @@ def bundle_clip(run_dir: str | os.PathLike, dest: str | os.PathLike | None = Non
     run_dir = Path(run_dir)
     data, marker = _run_output(run_dir, "model", "discadapt world train")
     config = WorldClipConfig.from_dict(data)
-    model = CLIPModel.from_pretrained(run_dir / "model", local_files_only=True)
+    model = CLIPModel.from_pretrained(run_dir / "model", local_files_only=True, use_safetensors=True)
     initial = make_world_clip(config, config.seed).state_dict()[_CLIP_EMBEDDING]
     manifest = {"kind": "clip", "train_config": config.to_dict(), "step": marker["step"]}
     components = {"clip": _sparse_embedding(model.state_dict(), initial, _CLIP_EMBEDDING)}

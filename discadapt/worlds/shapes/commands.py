@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ...arguments import int_at_least, number_at_least
+
 __all__ = ["add_commands"]
 
 
@@ -123,15 +125,15 @@ def add_commands(subparsers) -> None:
     d.add_argument("--quick", action="store_true", help="small settings: 8 prompts per category, 2 images each")
     d.add_argument("--out", default="demo-out", help="output folder: results.json, report.html (default demo-out)")
     d.add_argument("--categories", nargs="+", help="caption categories (default all)")
-    d.add_argument("--n-prompts", type=int, help="prompts per category (default 40, quick 8)")
-    d.add_argument("--images-per-prompt", type=int, help="images per prompt (default 5, quick 2)")
-    d.add_argument("--steps", type=int, help="DDIM steps (default 25)")
-    d.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
-    d.add_argument("--seed", type=int, default=0, help="seed of prompts, noise and bootstrap")
+    d.add_argument("--n-prompts", type=int_at_least(1), help="prompts per category (default 40, quick 8)")
+    d.add_argument("--images-per-prompt", type=int_at_least(1), help="images per prompt (default 5, quick 2)")
+    d.add_argument("--steps", type=int_at_least(1), help="DDIM steps (default 25)")
+    d.add_argument("--guidance", type=number_at_least(0), default=4.0, help="classifier-free guidance scale")
+    d.add_argument("--seed", type=int_at_least(0), default=0, help="seed of prompts, noise and bootstrap")
     d.add_argument("--device", default="cpu")
     d.add_argument("--pipeline", help="local diffusers pipeline folder (default: the bundled shapes world)")
     d.add_argument("--prompts", help="prompt file, one caption of the shapes grammar a line (instead of drawn ones)")
-    d.add_argument("--batch-size", type=int, default=50, help="images per pipeline call")
+    d.add_argument("--batch-size", type=int_at_least(1), default=50, help="images per pipeline call")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.add_argument("--no-probing", action="store_true", help="skip the hard-negative image-text matching table")
     d.add_argument("--no-correction", action="store_true", help="skip the self-correction rows (bundled adapter)")
@@ -143,12 +145,14 @@ def add_commands(subparsers) -> None:
 
     train = commands.add_parser("train", help="train (or resume) the world's models from a seed")
     train.add_argument("--out", required=True, help="run folder; an interrupted run resumes from it")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--steps", type=int, default=None, help="VAE and UNet steps each (a smoke test: --steps 2)")
-    train.add_argument("--unet-steps", type=int, default=None, help="UNet steps (default: the module's)")
-    train.add_argument("--stop-after", type=int, default=None, help="stop after this many global steps")
+    train.add_argument("--seed", type=int_at_least(0), default=0)
+    train.add_argument(
+        "--steps", type=int_at_least(1), default=None, help="VAE and UNet steps each (a smoke test: --steps 2)"
+    )
+    train.add_argument("--unet-steps", type=int_at_least(1), default=None, help="UNet steps (default: the module's)")
+    train.add_argument("--stop-after", type=int_at_least(1), default=None, help="stop after this many global steps")
     train.add_argument("--device", default="cpu")
-    train.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    train.add_argument("--threads", type=int_at_least(0), default=0, help="torch CPU threads (0: torch's default)")
     train.add_argument("--tiny", action="store_true", help="tiny models (tests)")
     train.set_defaults(func=_train)
 

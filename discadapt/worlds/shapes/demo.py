@@ -33,9 +33,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from ...bench import BATCH_SIZE, GRID_IMAGES, Method, Table, pipeline_method, run_suite
+from ...sampling.checks import check_guidance
 from ...sampling.seeds import image_seed
 from .suite import DemoPrompt, check_categories, check_count, demo_prompts, shapes_suite, user_prompts
 
@@ -102,9 +101,9 @@ def _load(pipe, device: str):
 
         pipe = load_pipeline(device=device)
     elif isinstance(pipe, (str, os.PathLike)):
-        from diffusers import DiffusionPipeline
+        from ...loading import load_pipeline
 
-        pipe = DiffusionPipeline.from_pretrained(pipe, local_files_only=True).to(device)
+        pipe = load_pipeline(pipe, "pipe").to(device)
     else:
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -167,7 +166,7 @@ def run_demo(
         n_prompts (int | None): drawn prompts per category, >= 1; None: 40 (8 quick). Default None.
         images_per_prompt (int | None): images per prompt, >= 1; None: 5 (2 quick). Default None.
         steps (int | None): sampler steps of the base row, >= 1; None: 25. Default None.
-        guidance (float): classifier-free guidance scale of the base row. Default `GUIDANCE` (4.0).
+        guidance (float): classifier-free guidance scale of the base row, finite and >= 0. Default `GUIDANCE` (4.0).
         seed (int): seed of the prompts, the images' noise and the bootstrap, >= 0. Default 0.
         device (str): torch device of the pipeline. Default "cpu".
         methods (Mapping[str, Method] | None): further rows, name -> `(prompts, seeds) -> (N, S, S, 3)` uint8
@@ -193,7 +192,9 @@ def run_demo(
 
     Raises:
         ValueError: a bad argument (naming it), an unparsable or empty prompt list, a method returning images of
-            the wrong type or shape, `out_dir` holding a demo of other settings.
+            the wrong type or shape, `out_dir` a file or holding a demo of other settings.
+        NonFiniteImageError: a row's images hold NaN or infinite values (`sampling.checks`); nothing of their batch
+            is saved.
         FileNotFoundError: `pipe` is None and the bundled weights are missing.
 
     Example:
@@ -215,8 +216,9 @@ def run_demo(
     steps = check_count("steps", preset["steps"] if steps is None else steps)
     seed = check_count("seed", seed, minimum=0)
     batch_size = check_count("batch_size", batch_size)
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not np.isfinite(guidance):
-        raise ValueError(f"`guidance` is {guidance!r}; pass a finite float, e.g. {GUIDANCE}.")
+    guidance = check_guidance(guidance)
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"`out_dir` is {str(out_dir)!r}, which is a file; pass a folder (it is created).")
     methods, tables = _check_methods(methods), _check_tables(extra_tables)
     if prompts is not None:
         if categories is not None or n_prompts is not None:

@@ -6,7 +6,8 @@ It registers:
 - training data of `discadapt probe` / `tune`: `--shapes N` train examples (`adapter_data.ShapeWorldItems`), by
   default `TRAIN_EXAMPLES` when `--world` is given without other data, and `--eval-shapes N` held-out examples
   per split evaluated at the end (default `EVAL_EXAMPLES` with `--world`);
-- the scorer "world CLIP" (the bundled world CLIP's scaled cosine, `probing.clip_scorer`);
+- the scorer "world CLIP" (the bundled world CLIP's scaled cosine, `clip.clip_scores`), also a critic of the
+  interaction loop through `interaction.critics.critic_from_name("world CLIP")`;
 - the judge "shapes oracle" (`suite.OracleJudge`), for evaluation only;
 - the suite "shapes" (`suite.shapes_suite`: held-out prompts per category, the oracle as judge), which `discadapt
   demo` runs.
@@ -55,11 +56,25 @@ def _eval_datasets(args) -> dict:
     return {split: ShapeWorldItems(n, split=split, seed=args.seed, image_size=args.shapes_size) for split in splits}
 
 
-def _clip_scorer(root=None):
-    from .bundle import load_clip
-    from .probing import clip_scorer
+def _uint8_images(images):
+    """The world CLIP's input, uint8 `(N, S, S, 3)` (or a list of PIL images / `(S, S, 3)` arrays, which it stacks),
+    also from a float `(N, 3, S, S)` tensor in [0, 1], as a sampler or `interaction.critics` pass them."""
+    import torch
 
-    return clip_scorer(load_clip(root=root))
+    if isinstance(images, torch.Tensor) and images.is_floating_point() and images.ndim == 4 and images.shape[1] == 3:
+        return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    return images
+
+
+def _clip_scorer(root=None):
+    """The bundled world CLIP as a `scorers.Scorer` of uint8 `(N, S, S, 3)` images, lists of PIL images or float
+    `(N, 3, S, S)` tensors in [0, 1]; `interaction.critics.critic_from_name("world CLIP")` makes it a critic."""
+    from ...scorers import FunctionScorer
+    from .bundle import load_clip
+    from .clip import clip_scores
+
+    model = load_clip(root=root)
+    return FunctionScorer("world CLIP", lambda images, prompts: clip_scores(model, _uint8_images(images), prompts))
 
 
 def _oracle_judge():

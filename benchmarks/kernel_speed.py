@@ -24,9 +24,9 @@ Sizes (B = each of `--batch-sizes`, D = 256, the adapter's default width):
 - ITM `sd15`/`sdxl`: 8 queries against pooled text of width 768 / 1280, pairwise (B texts) and all pairs (B x B).
 
 Run (on a CUDA machine; a few minutes, most of it torch.compile):
-    python benchmarks/kernels.py --device cuda                     # bfloat16, batches 8 and 32
-    python benchmarks/kernels.py --device cuda --dtype float16 --batch-sizes 16 --json kernels.json
-    python benchmarks/kernels.py --smoke     # CPU: tiny sizes in the Triton interpreter, to check the script end to end
+    python benchmarks/kernel_speed.py --device cuda                     # bfloat16, batches 8 and 32
+    python benchmarks/kernel_speed.py --device cuda --dtype float16 --batch-sizes 16 --json kernels.json
+    python benchmarks/kernel_speed.py --smoke  # CPU: tiny sizes in the Triton interpreter (end to end)
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ import time
 from pathlib import Path
 
 if __name__ == "__main__":
-    # Only as a script: running any script in this folder puts the folder on sys.path, and transformers, looking for a
-    # package named `kernels`, then imports this file; as a module it must import nothing and do nothing.
     if "--smoke" in sys.argv:  # the interpreter must be on before anything imports triton
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch

@@ -12,6 +12,12 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def set_threads(threads: int | None) -> None:
+    """Use `threads` CPU threads in torch (None: torch's default)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -1,0 +1,58 @@
+"""The synthesis-understanding interaction (ArtAug): critics of generated images (`critics`), and the loop that
+regenerates from their suggestions, keeps the images they prefer and fuses what was learnt into the model.
+
+- `critics/`: scorers that can also suggest a regeneration (a refined prompt, regions);
+- `dataset.py`: what a round keeps on disk (`RoundData`), `select` (the kept images), `rejected_for` (DPO pairs);
+- `enhance.py`: the enhancement LoRA (denoising or Diffusion-DPO objective) and `fuse_enhancements`;
+- `loop.py`: `augment`, the resumable rounds with their stop test.
+
+Example:
+    >>> from discadapt.interaction import AugmentConfig, augment, critic_from_name, fuse_enhancements
+    >>> result = augment(pipe, critic_from_name("world CLIP"), prompts, "runs/augment", AugmentConfig(rounds=3))
+    >>> fuse_enhancements(fresh_pipe, result["loras"])  # the accepted rounds, merged: no cost at inference
+"""
+
+from .critics import (
+    AdapterCritic,
+    AestheticCritic,
+    CLIPCritic,
+    Critic,
+    DenoisingCritic,
+    EnsembleCritic,
+    OpenCLIPCritic,
+    ScorerCritic,
+    Suggestion,
+    VLMCritic,
+    critic_from_name,
+    parse_reply,
+    plan_layout,
+)
+from .dataset import Candidate, RoundData, rejected_for, select
+from .enhance import EnhanceConfig, fuse_enhancements, load_enhancement, train_enhancement
+from .loop import AugmentConfig, augment
+
+__all__ = [
+    "AugmentConfig",
+    "Candidate",
+    "EnhanceConfig",
+    "RoundData",
+    "augment",
+    "fuse_enhancements",
+    "load_enhancement",
+    "rejected_for",
+    "select",
+    "train_enhancement",
+    "AdapterCritic",
+    "AestheticCritic",
+    "CLIPCritic",
+    "Critic",
+    "DenoisingCritic",
+    "EnsembleCritic",
+    "OpenCLIPCritic",
+    "ScorerCritic",
+    "Suggestion",
+    "VLMCritic",
+    "critic_from_name",
+    "parse_reply",
+    "plan_layout",
+]

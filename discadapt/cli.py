@@ -5,6 +5,8 @@ discadapt inspect --pipeline DIR [--size 64]  the same for a local diffusers pip
 discadapt generate --pipeline DIR ...         images for a prompt file, resumably (optionally self-corrected)
 discadapt probe --pipeline DIR|--world ...    stage 1: train a discriminative adapter on a frozen pipeline
 discadapt tune --pipeline DIR|--world ...     stage 2: LoRA + adapter with discriminative and denoising losses
+discadapt augment --pipeline DIR|--world --critic C --prompts F --out DIR
+                                              the interaction loop (ArtAug): critics, kept images, fused LoRAs
 
 Plug-ins (`discadapt.plugins`) add commands and pipeline sources; the shapes world adds:
 discadapt demo [--quick] [--out DIR]          the shapes world's held-out prompts, judged by its oracle: tables,
@@ -27,6 +29,7 @@ import sys
 
 from .arguments import Parser, int_at_least, number_at_least, run_command
 from .plugins import add_pipeline_arguments, pipeline_from_args, registry
+from .interaction.commands import add_commands as add_augment_commands
 from .train.commands import add_commands as add_train_commands
 
 
@@ -142,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     g.set_defaults(func=generate)
 
     add_train_commands(sub)
+    add_augment_commands(sub)
     for add in registry().commands:
         add(sub)
 

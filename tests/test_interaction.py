@@ -196,3 +196,22 @@ def test_a_round_below_min_gain_stops_and_is_not_fused(tmp_path):
     result = augment(pipe, critic, PROMPTS, tmp_path, config, progress=False)
     assert len(result["rounds"]) == 1 and not result["rounds"][0]["accepted"] and result["loras"] == []
     torch.testing.assert_close(_unet_output(pipe), before, atol=0, rtol=0)
+
+
+def test_augment_command_runs_a_round_and_refuses_an_unknown_critic(tmp_path, capsys):
+    from discadapt.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    common = ["augment", "--tiny", "--prompts", str(prompts), "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main([*common, "--critic", "crayon"]) == 2
+    assert "`--critic` is 'crayon'; pass adapter=DIR, clip=DIR, denoising" in capsys.readouterr().err
+    from discadapt.adapter import DiscriminativeAdapter
+
+    adapter = DiscriminativeAdapter.for_pipeline(tiny_sd_pipeline(), hidden_size=32, num_heads=4)
+    adapter.save_pretrained(tmp_path / "adapter")
+    small = ["--rounds", "1", "--candidates", "2", "--holdout", "0.34", "--holdout-images", "1", "--steps", "2"]
+    lora = ["--lora-steps", "2", "--lora-batch-size", "2", "--lora-rank", "2", "--min-gain", "-1"]
+    assert main([*common, "--critic", f"adapter={tmp_path / 'adapter'}", *small, *lora]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert lines[0]["round"] == 1 and lines[0]["accepted"] and len(lines[-1]["loras"]) == 1

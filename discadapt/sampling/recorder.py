@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..probe import FeatureProbe
+from ._forward import override_forward, restore_forward
 
 __all__ = ["UNetPassRecorder"]
 
@@ -74,9 +75,7 @@ class UNetPassRecorder:
         unet = self.pipe.unet
         self.probe.attach()
         self._handles = [m.register_forward_hook(self._probed) for m in self.probe._modules]  # after the probe's
-        self._shadowed = "forward" in vars(unet)
-        self._inner = unet.forward
-        unet.forward = self._forward  # Module.__call__ runs the UNet's hooks around it as around its own forward
+        self._inner, self._shadowed = override_forward(unet, self._forward)  # the UNet's hooks still run
         return self
 
     def remove(self) -> None:
@@ -84,11 +83,7 @@ class UNetPassRecorder:
             handle.remove()
         self._handles = []
         if self._inner is not None:
-            unet = self.pipe.unet
-            if self._shadowed:
-                unet.forward = self._inner
-            else:
-                del unet.forward
+            restore_forward(self.pipe.unet, self._inner, self._shadowed)
             self._inner = None
         self.probe.remove()
 

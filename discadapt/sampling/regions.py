@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from ..text import encode_text, get_unet
+from ._forward import override_forward, restore_forward
 
 __all__ = ["Region", "RegionPrompts", "box_mask", "generate_with_regions"]
 
@@ -208,19 +209,13 @@ class RegionPrompts:
             with torch.no_grad():
                 self.text = encode_text(self.pipe, self.prompts)
         unet = self.pipe.unet
-        self._shadowed = "forward" in vars(unet)
-        self._inner = unet.forward
-        unet.forward = self._forward  # Module.__call__ runs the UNet's hooks around it as around its own forward
+        self._inner, self._shadowed = override_forward(unet, self._forward)  # the UNet's hooks still run
         return self
 
     def remove(self) -> None:
         """Put back the `forward` found by `attach`."""
         if self._inner is not None:
-            unet = self.pipe.unet
-            if self._shadowed:
-                unet.forward = self._inner
-            else:
-                del unet.forward
+            restore_forward(self.pipe.unet, self._inner, self._shadowed)
             self._inner = None
 
     def __enter__(self) -> RegionPrompts:

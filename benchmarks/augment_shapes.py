@@ -52,11 +52,15 @@ def train_prompts(per_category: int, seed: int = 0) -> dict[str, str]:
 
 
 def make_critic(name: str, pipe):
-    """The loop's critic: the world CLIP, the bundled stage-1 adapter's ITM logit, or both ranked together."""
-    from discadapt.interaction.critics import critic_from_name
+    """The loop's critic: the world CLIP; the planned layout checked by the pipeline's own denoising for prompts with
+    a relation, the world CLIP for the rest (`locate`); the bundled stage-1 adapter's ITM logit; or CLIP and the
+    adapter ranked together (`ensemble`)."""
+    from discadapt.interaction.critics import LocatingCritic, critic_from_name
 
     if name == "clip":
         return critic_from_name("world CLIP")  # suggests the layout planned from the prompt's relation words
+    if name == "locate":
+        return LocatingCritic(pipe, fallback=critic_from_name("world CLIP"), batch_size=256)
     from discadapt.scorers import AdapterScorer
     from discadapt.worlds.shapes.rows import bundled_adapter
 
@@ -88,7 +92,7 @@ def oracle_table(out: Path, rounds: list[dict], category_of: dict[str, str]) -> 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--critic", choices=["clip", "adapter", "ensemble"], default="clip")
+    p.add_argument("--critic", choices=["clip", "locate", "adapter", "ensemble"], default="clip")
     p.add_argument("--out", required=True)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--prompts-per-category", type=int, default=100)

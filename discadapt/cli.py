@@ -28,8 +28,8 @@ import os
 import sys
 
 from .arguments import Parser, int_at_least, number_at_least, run_command
-from .plugins import add_pipeline_arguments, pipeline_from_args, registry
 from .interaction.commands import add_commands as add_augment_commands
+from .plugins import add_pipeline_arguments, pipeline_from_args, registry
 from .train.commands import add_commands as add_train_commands
 
 

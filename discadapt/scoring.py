@@ -26,10 +26,19 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapter import DiscriminativeAdapter
+from .boxes import Region, box_mask
 from .probe import FeatureProbe
 from .text import TextEmbeddings, encode_text, get_unet, unet_text_kwargs
 
-__all__ = ["itm_score", "denoising_score", "adapter_itm_logits", "encode_images", "default_timesteps", "add_noise"]
+__all__ = [
+    "add_noise",
+    "adapter_itm_logits",
+    "default_timesteps",
+    "denoising_score",
+    "encode_images",
+    "itm_score",
+    "layout_score",
+]
 
 
 def encode_images(pipe, images) -> torch.Tensor:
@@ -175,6 +184,15 @@ def _noised(pipe, latents, ts, noise, batch_size, progress, desc):
             yield part, x0, step_b, eps, add_noise(abar, x0, eps, step_b)
 
 
+def _target(abar: torch.Tensor, prediction_type: str, x0, eps, t) -> torch.Tensor:
+    """What the UNet predicts for x_t: the noise (epsilon), the velocity (v_prediction) or x_0 (sample)."""
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x_0
+        return add_noise(abar, eps, -x0, t)
+    return x0
+
+
 def adapter_itm_logits(pipe, adapter: DiscriminativeAdapter, probe: FeatureProbe, model_input, t, text: TextEmbeddings):
     """The adapter's ITM logits `(B,)` for UNet inputs `model_input` (B, C, h, w) at timesteps `t` (B,), the UNet
     conditioned on `text` (B prompts) and run through `probe` (which reads `adapter.config.layers`)."""
@@ -268,18 +286,81 @@ def denoising_score(
     totals: dict[int, torch.Tensor] = {}  # first pair of a batch -> sum over timesteps of its score
     with torch.set_grad_enabled(grad):
         for part, x0, step, eps, xt in _noised(pipe, latents, ts, noise, batch_size, progress, "denoising scores"):
-            if prediction_type == "epsilon":
-                target = eps
-            elif prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x_0
-                target = add_noise(abar, eps, -x0, step)
-            else:
-                target = x0
+            target = _target(abar, prediction_type, x0, eps, step)
             for sign, text in zip((-1.0, 1.0), texts):  # - conditional error [+ unconditional error]
                 sub = text.index(part)
                 pred = unet(xt, step, sub.encoder_hidden_states, **unet_text_kwargs(pipe, sub, xt)).sample
                 error = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
                 totals[part.start] = totals.get(part.start, 0) + sign * error
     return torch.cat(list(totals.values())) / len(ts)
+
+
+def layout_score(
+    pipe,
+    images_or_latents,
+    layouts: Sequence[Sequence],
+    *,
+    num_timesteps: int = 10,
+    feather: float = 1.0,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """How well each image puts its layout's phrases in their boxes, by the pipeline's own denoising: per latent
+    pixel, how much a phrase lowers the denoising error against the empty prompt, inside its box against outside,
+
+        g_i = || f(x_t, t, "") - target_t ||^2 - || f(x_t, t, p_i) - target_t ||^2        (per pixel, mean over t)
+        s   = sum_i [ mean over box i of g_i  -  mean outside box i of g_i ]
+
+    (box means weighted by the soft mask `boxes.box_mask`). For the two halves of "A left of B" this is
+    the same as "A explains the left half better than B does, and B the right half", so the swapped image scores
+    the negative. It locates what the relative denoising error of the whole prompt averages away.
+
+    Args:
+        pipe, images_or_latents, seed, generator, batch_size, progress: as in `denoising_score`.
+        layouts (Sequence[Sequence[Region]]): per image, its `boxes.Region`s (box and phrase), e.g.
+            `interaction.critics.layout.plan_layout(prompt)`; an image with none scores 0.
+        num_timesteps (int): evenly spread timesteps. Default 10.
+        feather (float): the masks' edge ramp in latent pixels (`boxes.box_mask`). Default 1.0.
+
+    Returns:
+        `torch.Tensor` of shape `(B,)`, float32; higher means the phrases sit in their boxes.
+    """
+    unet = get_unet(pipe)
+    _check_count("num_timesteps", num_timesteps)
+    _check_count("batch_size", batch_size, allow_none=True)
+    latents = _latents(pipe, images_or_latents)
+    if isinstance(layouts, str) or not isinstance(layouts, Sequence) or len(layouts) != len(latents):
+        raise ValueError(f"`layouts` must be a list of {len(latents)} lists of Region (one per image).")
+    rows = [(b, r) for b, regions in enumerate(layouts) for r in regions]  # (image, region)
+    if any(not isinstance(r, Region) for _, r in rows):
+        raise ValueError("`layouts` holds something other than a Region; pass boxes.Region(box, prompt) items.")
+    scores = torch.zeros(len(latents))
+    if not rows:
+        return scores
+    placed = sorted({b for b, _ in rows})  # images with a layout: one empty-prompt row each
+    index = torch.tensor([b for b, _ in rows] + placed)
+    ts = default_timesteps(pipe, num_timesteps)
+    noise = _noise(latents, len(ts), generator, seed)  # drawn for all images, so a score does not depend on the batch
+    abar, prediction_type = _schedule(pipe)
+    with torch.no_grad():
+        text = encode_text(pipe, [r.prompt for _, r in rows] + [""] * len(placed))
+        totals: dict[int, torch.Tensor] = {}  # first row of a batch -> sum over timesteps of its error maps
+        for part, x0, step, eps, xt in _noised(pipe, latents[index], ts, noise, batch_size, progress, "layout scores"):
+            sub = text.index(part)
+            pred = unet(xt, step, sub.encoder_hidden_states, **unet_text_kwargs(pipe, sub, xt)).sample
+            error = (pred.float() - _target(abar, prediction_type, x0, eps, step).float()).pow(2).mean(dim=1)
+            totals[part.start] = totals.get(part.start, 0) + error
+    errors = torch.cat(list(totals.values())) / len(ts)  # (rows + placed, h, w)
+    empty = dict(zip(placed, errors[len(rows) :]))
+    for k, (b, region) in enumerate(rows):
+        gain = empty[b] - errors[k]
+        inside = box_mask(region.box, *gain.shape, feather=feather).to(gain.device)
+        outside = 1 - inside
+        scores[b] += float((gain * inside).sum() / inside.sum().clamp_min(1e-8))
+        scores[b] -= float((gain * outside).sum() / outside.sum().clamp_min(1e-8))
+    return scores
 
 
 def _check_adapter(adapter: DiscriminativeAdapter, pipe) -> None:

@@ -451,6 +451,14 @@ CLI = {
         ["world", "bundle", "--probe", "{tmp}", "--dest", "{folders}/file.txt"], 2,
         r"discadapt world bundle: error: `--dest` is '.*file.txt', which is a file",
     ),
+    "world bundle --augment not a loop": (
+        ["world", "bundle", "--augment", "{tmp}", "--dest", "{tmp}/w"], 2,
+        r"discadapt world bundle: error: .*augment.json is missing: pass the folder of an interaction loop run\.$",
+    ),
+    "world bundle --rounds 0": (
+        ["world", "bundle", "--augment", "{tmp}", "--rounds", "0"], 2,
+        r"discadapt world bundle: error: argument --rounds: 0 is below 1",
+    ),
     "generate --device gpu": (
         [*GEN, "--prompts", "{prompts}", "--out", "{tmp}/o", "--device", "gpu"], 2,
         r"`--device` is 'gpu', not a torch device; pass e.g. cpu, cuda or cuda:1\.$",

@@ -503,3 +503,36 @@ def test_world_clip_critic_through_the_plugin_registry():
     assert [s.regions for s in critic.suggest(pixels, captions)] == [tuple(C.plan_layout(c)) for c in captions]
     with pytest.raises(ValueError, match="`name` is 'oracle', which no plug-in registered"):
         C.critic_from_name("oracle")
+
+
+def test_locating_critic_scores_relations_by_layout_and_the_rest_by_its_fallback(sd_pipe, images):
+    from discadapt.scorers import FunctionScorer
+    from discadapt.scoring import layout_score
+
+    fallback = FunctionScorer("brightness", lambda x, prompts: torch.full((len(prompts),), 7.0))
+    critic = C.LocatingCritic(sd_pipe, fallback=fallback, num_timesteps=2)
+    assert critic.name == "locating denoising / brightness" and isinstance(critic, C.Critic)
+    scores = critic.score(images, PROMPTS)
+    layouts = [C.plan_layout(p) for p in PROMPTS]
+    torch.testing.assert_close(scores[[0, 2]], layout_score(sd_pipe, images, layouts, num_timesteps=2)[[0, 2]])
+    assert scores[1] == 7.0  # no relation: the fallback's score
+    assert C.LocatingCritic(sd_pipe, num_timesteps=2).score(images, PROMPTS)[1] == 0
+    assert critic.suggest(images, PROMPTS)[0].regions == tuple(layouts[0])
+    with pytest.raises(ValueError, match="`fallback` is a str"):
+        C.LocatingCritic(sd_pipe, fallback="clip")
+    with pytest.raises(ValueError, match="`batch_size` is 0"):
+        C.LocatingCritic(sd_pipe, batch_size=0)
+
+
+def test_augment_command_builds_the_locating_critic(sd_pipe):
+    from discadapt.interaction.commands import make_critic
+
+    alone = make_critic(sd_pipe, ["locating"])
+    assert isinstance(alone, C.LocatingCritic) and alone.fallback is None
+    paired = make_critic(sd_pipe, ["denoising", "locating"])
+    assert (
+        isinstance(paired.fallback, C.DenoisingCritic)
+        and paired.name == "locating denoising / relative denoising error"
+    )
+    with pytest.raises(ValueError, match="locating, or a registered scorer"):
+        make_critic(sd_pipe, ["locate"])

@@ -197,3 +197,32 @@ def test_pipeline_without_unet(adapter, latents):
 def test_adapter_for_another_unet(sdxl_pipe, adapter, latents):
     with pytest.raises(ValueError, match=r"text widths|expects features with channels"):
         itm_score(sdxl_pipe, adapter, latents, PROMPTS)
+
+
+def test_layout_score_against_its_identities(sd_pipe, latents):
+    from discadapt.sampling.regions import Region
+    from discadapt.scoring import layout_score
+
+    left, right = (0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)
+    layout = [Region(left, "a red circle"), Region(right, "a blue square")]
+    swapped = [Region(left, "a blue square"), Region(right, "a red circle")]
+    scores = layout_score(sd_pipe, latents[[0, 0, 1]], [layout, swapped, []], num_timesteps=3)
+    assert scores[2] == 0  # no layout: no preference
+    torch.testing.assert_close(scores[1], -scores[0], rtol=0, atol=1e-6)  # one image, the swapped layout: the negative
+    assert scores[0] != 0
+    # per image, the score does not depend on the batch (one noise draw per timestep for all images)
+    alone = layout_score(sd_pipe, latents[:1], [layout], num_timesteps=3)
+    batched = layout_score(sd_pipe, latents[:2], [layout, swapped], num_timesteps=3, batch_size=1)
+    torch.testing.assert_close(alone[0], batched[0], rtol=1e-5, atol=1e-6)
+    # a box over the whole image: inside mean of (empty error - phrase error) = the relative denoising score
+    whole = [[Region((0, 0, 1, 1), p)] for p in ("a red circle", "a cat", "a dog")]
+    relative = denoising_score(
+        sd_pipe, latents, ["a red circle", "a cat", "a dog"], num_timesteps=3, unconditional=True
+    )
+    torch.testing.assert_close(layout_score(sd_pipe, latents, whole, num_timesteps=3), relative, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="`layouts` must be a list of 3 lists"):
+        layout_score(sd_pipe, latents, [layout])
+    with pytest.raises(ValueError, match="other than a Region"):
+        layout_score(sd_pipe, latents, [[(left, "a cat")], [], []])
+    with pytest.raises(ValueError, match="`num_timesteps` is 0"):
+        layout_score(sd_pipe, latents, [layout, [], []], num_timesteps=0)

@@ -146,3 +146,59 @@ def test_lora_bundle_tuned_rows_and_demo_rows(world_root, world, tmp_path):
     shutil.rmtree(root / "lora"), shutil.rmtree(root / "adapter")
     methods, tables = demo_rows(base, steps=2, quick=True, root=root)
     assert methods == {} and len(tables) == 1
+
+
+def _augment_run(root, tmp_path, accepted=(True, True, False)):
+    """A fake interaction loop folder: augment.json and one round per entry of `accepted`, each with a random LoRA."""
+    import json
+
+    from discadapt.train import TuneConfig, add_lora, save_lora
+
+    run = tmp_path / "augment"
+    run.mkdir()
+    (run / "augment.json").write_text(json.dumps({"critic": "world CLIP", "prompts": "x", "config": {}}))
+    for r, ok in enumerate(accepted, start=1):
+        pipe = _pipe(root)
+        add_lora(pipe.unet, TuneConfig(lora_rank=2, lora_alpha=4, adapter_config={"hidden_size": 32, "num_heads": 4}))
+        with torch.no_grad():
+            for name, param in pipe.unet.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name) + r))
+        folder = run / f"round-{r:02d}"
+        save_lora(pipe, folder / "enhance" / "lora")
+        done = {"round": r, "accepted": ok, "win_rate": 0.6, "lora": str(folder / "enhance" / "lora")}
+        (folder / "done.json").write_text(json.dumps(done))
+    return run
+
+
+def test_interaction_bundle_fuses_the_accepted_rounds_in_order(world_root, tmp_path):
+    from discadapt.cli import main
+    from discadapt.interaction.enhance import fuse_enhancements
+    from discadapt.worlds.shapes.bundle import bundle_interaction, load_interaction
+    from discadapt.worlds.shapes.rows import bundled_interaction, demo_rows
+
+    root = tmp_path / "weights"
+    shutil.copytree(world_root / "world", root / "world")
+    run = _augment_run(root, tmp_path)
+    bundle_interaction(run, root / "interaction")  # rounds 1 and 2: round 3 was rejected
+    fused, manifest = load_interaction(_pipe(root), root=root)
+    assert [r["round"] for r in manifest["rounds"]] == [1, 2] and manifest["critic"] == "world CLIP"
+    want = _pipe(root)
+    fuse_enhancements(want, [run / "round-01/enhance/lora", run / "round-02/enhance/lora"])
+    for (name, got), expected in zip(fused.unet.state_dict().items(), want.unet.state_dict().values()):
+        assert torch.equal(got, expected), name  # the loop's fusion, bit for bit
+    assert not any("lora" in name for name, _ in fused.unet.named_modules())
+
+    label, _ = bundled_interaction(root=root)
+    assert label == "interaction (world CLIP, 2 rounds)"
+    methods, _ = demo_rows(_pipe(root), steps=2, quick=True, correction=False, probing=False, root=root)
+    assert list(methods) == ["interaction (world CLIP, 2 rounds)"]
+    assert methods[label](["a red circle"], [5]).shape == (1, 32, 32, 3)
+
+    with pytest.raises(ValueError, match="`rounds` is 3, but .* has 2 accepted round"):
+        bundle_interaction(run, tmp_path / "x", rounds=3)
+    with pytest.raises(FileNotFoundError, match="augment.json is missing"):
+        bundle_interaction(tmp_path, tmp_path / "x")
+    assert main(["world", "bundle", "--augment", str(run), "--rounds", "1", "--dest", str(tmp_path / "cli")]) == 0
+    assert len(load_interaction(_pipe(root), root=tmp_path / "cli")[1]["rounds"]) == 1
+    assert bundled_interaction(root=tmp_path) is None

@@ -9,7 +9,9 @@
 - `adapter=DIR`: a discriminative adapter folder (`AdapterCritic`, its ITM logit, REC-checked layouts);
 - `denoising`: the pipeline's own relative denoising error (`DenoisingCritic`);
 - `clip=DIR`: a transformers CLIP folder (`CLIPCritic`);
-- any scorer a plug-in registered, by name (the shapes world's "world CLIP").
+- any scorer a plug-in registered, by name (the shapes world's "world CLIP");
+- `locating`: prompts with a spatial relation are scored by where the pipeline's own denoising finds each phrase
+  (`LocatingCritic`); the other critics named score the rest (nothing else named: no preference among those).
 
 Critics are built before any image is drawn, so a missing weight folder fails first. Run the same command again to
 continue an interrupted run; `--rounds` may be raised to go on. The accepted rounds' LoRAs are printed;
@@ -30,10 +32,10 @@ __all__ = ["add_commands", "make_critic"]
 def make_critic(pipe, specs: list[str]):
     """The critic `--critic` names (see the module docstring); several are ranked together."""
     from ..plugins import registry
-    from .critics import AdapterCritic, CLIPCritic, DenoisingCritic, EnsembleCritic, critic_from_name
+    from .critics import AdapterCritic, CLIPCritic, DenoisingCritic, EnsembleCritic, LocatingCritic, critic_from_name
 
     critics = []
-    for spec in specs:
+    for spec in (s for s in specs if s != "locating"):
         kind, _, path = spec.partition("=")
         if kind == "adapter" and path:
             from ..adapter import DiscriminativeAdapter
@@ -47,10 +49,11 @@ def make_critic(pipe, specs: list[str]):
             critics.append(critic_from_name(spec))
         else:
             raise ValueError(
-                f"`--critic` is {spec!r}; pass adapter=DIR, clip=DIR, denoising, or a registered scorer "
+                f"`--critic` is {spec!r}; pass adapter=DIR, clip=DIR, denoising, locating, or a registered scorer "
                 f"({', '.join(sorted(registry().scorers)) or 'none registered'})."
             )
-    return critics[0] if len(critics) == 1 else EnsembleCritic(critics, method="rank")
+    critic = None if not critics else critics[0] if len(critics) == 1 else EnsembleCritic(critics, method="rank")
+    return LocatingCritic(pipe, fallback=critic) if "locating" in specs else critic
 
 
 def augment_command(args) -> int:
@@ -89,7 +92,9 @@ def add_commands(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_pipeline_arguments(p)
-    p.add_argument("--critic", action="append", required=True, help="adapter=DIR, clip=DIR, denoising, or a name")
+    p.add_argument(
+        "--critic", action="append", required=True, help="adapter=DIR, clip=DIR, denoising, locating, or a name"
+    )
     p.add_argument("--prompts", required=True, help="prompt file, one prompt a line (training prompts)")
     p.add_argument("--out", required=True, help="run folder: round-NN/, holdout/, augment.json")
     p.add_argument("--rounds", type=int_at_least(1), default=3)

@@ -7,7 +7,8 @@ One idea per file:
   `ScorerCritic` (any `scorers.Scorer`), `critic_from_name` (a plug-in's scorer, e.g. the shapes world's "world CLIP");
 - `layout.py`: `plan_layout(prompt)`, prompt-to-layout planning from generic English relation words;
 - `adapter.py`: `AdapterCritic`, the discriminative adapter's ITM score and REC-checked layouts;
-- `denoising.py`: `DenoisingCritic`, the pipeline's own (relative) denoising error;
+- `denoising.py`: `DenoisingCritic`, the pipeline's own (relative) denoising error, and `LocatingCritic`, the
+  denoising error of each phrase inside its planned box against outside it (a critic that sees relations);
 - `clip.py`: `CLIPCritic` (transformers) and `OpenCLIPCritic` (open_clip, optional);
 - `aesthetic.py`: `AestheticCritic`, a LAION-style aesthetic head on CLIP image embeddings;
 - `vlm.py`: `VLMCritic`, a vision-language model's JSON rating and suggestions, parsed leniently (`parse_reply`);
@@ -26,7 +27,7 @@ from .adapter import AdapterCritic
 from .aesthetic import AestheticCritic, AestheticHead
 from .base import Critic, LayoutCritic, ScorerCritic, Suggestion, check_pairs, critic_from_name, to_pil
 from .clip import CLIPCritic, OpenCLIPCritic
-from .denoising import DenoisingCritic
+from .denoising import DenoisingCritic, LocatingCritic
 from .ensemble import EnsembleCritic, group_normalise
 from .layout import Relation, parse_relation, plan_layout, relation_holds
 from .vlm import Review, VLMCritic, parse_reply
@@ -40,6 +41,7 @@ __all__ = [
     "DenoisingCritic",
     "EnsembleCritic",
     "LayoutCritic",
+    "LocatingCritic",
     "OpenCLIPCritic",
     "Relation",
     "Review",

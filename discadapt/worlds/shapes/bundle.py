@@ -42,10 +42,12 @@ __all__ = [
     "BundleError",
     "bundle_adapter",
     "bundle_clip",
+    "bundle_interaction",
     "bundle_lora",
     "bundle_world",
     "load_adapter",
     "load_clip",
+    "load_interaction",
     "load_lora",
     "load_pipeline",
     "read_bundle",
@@ -60,6 +62,7 @@ REBUILD = {
     "adapter": "discadapt probe --world --out RUN && discadapt world bundle --probe RUN",
     "lora": "discadapt tune --world --out RUN && discadapt world bundle --tune RUN",
     "tuned_adapter": "discadapt tune --world --out RUN && discadapt world bundle --tune RUN",
+    "interaction": "python benchmarks/augment_shapes.py --out RUN ... && discadapt world bundle --augment RUN",
 }
 _LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA weight name
 _EMBEDDING = "embeddings.token_embedding.weight"  # CLIPTextModel state-dict key of the token embedding
@@ -274,9 +277,8 @@ def bundle_adapter(
     from ...adapter import DiscriminativeAdapter
 
     adapter = DiscriminativeAdapter.from_pretrained(adapter_dir)
-    world = json.loads((WEIGHTS_DIR / "world" / "manifest.json").read_text()) if dest is None else {}
     config = {k: v for k, v in adapter.config.items() if not k.startswith("_")}  # not _name_or_path etc.
-    manifest = {"kind": "adapter", "config": config, "world_step": world.get("step")}
+    manifest = {"kind": "adapter", "config": config, "world_step": _world_step(dest)}
     return write_bundle(WEIGHTS_DIR / name if dest is None else dest, manifest, {"adapter": adapter.state_dict()})
 
 
@@ -296,16 +298,34 @@ def load_adapter(device: str | torch.device = "cpu", root: str | os.PathLike | N
     return adapter.to(device).eval()
 
 
-def bundle_lora(lora_dir: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
-    """Bundle a stage-2 LoRA of the world pipeline (a `save_lora_weights` folder, e.g. the `lora/` of a
-    `discadapt tune --world` run) as `weights/lora`, in float32 with its diffusers metadata (rank, alpha)."""
+def _read_lora(lora_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """`(metadata, tensors)` of the LoRA a `save_lora_weights` folder holds (diffusers' default file name)."""
     from safetensors import safe_open
 
     path = Path(lora_dir) / _LORA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"No LoRA at {path}; pass the `lora` folder of a finished run.")
     with safe_open(path, framework="pt") as f:
-        metadata, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-    world = json.loads((WEIGHTS_DIR / "world" / "manifest.json").read_text()) if dest is None else {}
-    manifest = {"kind": "lora", "metadata": metadata, "world_step": world.get("step")}
+        return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _attach_lora(pipe, tensors: dict, metadata: dict, name: str) -> None:
+    """Attach a bundled LoRA to `pipe`'s UNet as adapter `name`, as `pipe.load_lora_weights` would (diffusers reads
+    the adapter's rank and alpha from the file header, so it goes through a temporary file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file(tensors, Path(tmp) / _LORA_FILE, metadata=metadata)
+        pipe.unet.load_lora_adapter(tmp, prefix="unet", weight_name=_LORA_FILE, adapter_name=name)
+
+
+def _world_step(dest) -> int | None:
+    return json.loads((WEIGHTS_DIR / "world" / "manifest.json").read_text()).get("step") if dest is None else None
+
+
+def bundle_lora(lora_dir: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+    """Bundle a stage-2 LoRA of the world pipeline (a `save_lora_weights` folder, e.g. the `lora/` of a
+    `discadapt tune --world` run) as `weights/lora`, in float32 with its diffusers metadata (rank, alpha)."""
+    metadata, tensors = _read_lora(lora_dir)
+    manifest = {"kind": "lora", "metadata": metadata, "world_step": _world_step(dest)}
     return write_bundle(WEIGHTS_DIR / "lora" if dest is None else dest, manifest, {"lora": tensors}, half=False)
 
 
@@ -317,11 +337,64 @@ def load_lora(pipe, root: str | os.PathLike | None = None, fuse: bool = True):
         BundleError: a missing or corrupt weight file (names it, and the command that rebuilds it).
     """
     manifest, components = read_bundle("lora", root)
-    with tempfile.TemporaryDirectory() as tmp:  # diffusers reads the adapter metadata from the file's header
-        save_file(components["lora"], Path(tmp) / _LORA_FILE, metadata=manifest["metadata"])
-        # the UNet's loader (the LoRA has no text-encoder part), as `load_lora_weights` would call it
-        pipe.unet.load_lora_adapter(tmp, prefix="unet", weight_name=_LORA_FILE, adapter_name="tuned")
+    _attach_lora(pipe, components["lora"], manifest["metadata"], "tuned")  # the LoRA has no text-encoder part
     if fuse:
         pipe.fuse_lora(components=["unet"])
         pipe.unload_lora_weights()
     return pipe
+
+
+def bundle_interaction(
+    run_dir: str | os.PathLike, dest: str | os.PathLike | None = None, rounds: int | None = None
+) -> Path:
+    """Bundle the enhancement LoRAs of an interaction loop on the world pipeline (a `discadapt augment` or
+    `benchmarks/augment_shapes.py` run folder) as `weights/interaction`: rounds 1..`rounds` (default: every accepted
+    round), each trained on the model with the rounds before it fused, in float32 with their diffusers metadata.
+
+    Raises:
+        FileNotFoundError: a missing `augment.json` or round.
+        ValueError: `rounds` below 1, or a requested round that the loop's stop test rejected.
+    """
+    run = Path(run_dir)
+    if not (run / "augment.json").is_file():
+        raise FileNotFoundError(f"{run / 'augment.json'} is missing: pass the folder of an interaction loop run.")
+    done = sorted(run.glob("round-*/done.json"))
+    accepted = [json.loads(p.read_text()) for p in done]
+    accepted = accepted[: next((k for k, r in enumerate(accepted) if not r["accepted"]), len(accepted))]
+    rounds = len(accepted) if rounds is None else rounds
+    if not isinstance(rounds, int) or rounds < 1 or rounds > len(accepted):
+        raise ValueError(f"`rounds` is {rounds!r}, but {run} has {len(accepted)} accepted round(s); pass 1 to that.")
+    manifest = {
+        "kind": "interaction",
+        "critic": json.loads((run / "augment.json").read_text())["critic"],
+        "rounds": [],
+        "world_step": _world_step(dest),
+    }
+    components = {}
+    for info in accepted[:rounds]:
+        metadata, components[f"round-{info['round']:02d}"] = _read_lora(
+            run / f"round-{info['round']:02d}" / "enhance" / "lora"
+        )
+        manifest["rounds"].append({"round": info["round"], "win_rate": info["win_rate"], "metadata": metadata})
+    return write_bundle(WEIGHTS_DIR / "interaction" if dest is None else dest, manifest, components, half=False)
+
+
+def load_interaction(pipe, root: str | os.PathLike | None = None):
+    """Fuse the bundled interaction rounds into `pipe` (the bundled world pipeline), in order, as the loop did
+    (`interaction.fuse_enhancements`), leaving plain weights: the enhanced model costs what the base one does.
+    Returns `(pipe, manifest)`.
+
+    Raises:
+        BundleError: a missing or corrupt weight file (names it, and the command that rebuilds it).
+    """
+    from ...interaction.enhance import fuse_enhancements
+
+    manifest, components = read_bundle("interaction", root)
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = []
+        for info in manifest["rounds"]:
+            folders.append(Path(tmp) / f"round-{info['round']:02d}")
+            folders[-1].mkdir()
+            save_file(components[folders[-1].name], folders[-1] / _LORA_FILE, metadata=info["metadata"])
+        fuse_enhancements(pipe, folders)
+    return pipe, manifest

@@ -8,6 +8,7 @@ discadapt world train --out RUN [--seed 0] [--steps N]   train (or resume) the w
 discadapt world bundle RUN                              bundle a finished RUN's models into the package
 discadapt world bundle --probe RUN                      bundle the adapter of a `discadapt probe --world` run
 discadapt world bundle --tune RUN                       bundle the LoRA and adapter of a `discadapt tune --world` run
+discadapt world bundle --augment RUN [--rounds K]       bundle the enhancement LoRAs of an interaction loop run
 """
 
 from __future__ import annotations
@@ -98,10 +99,12 @@ def _train(args) -> int:
 def _bundle(args) -> int:
     from functools import partial
 
-    from .bundle import bundle_adapter, bundle_clip, bundle_lora, bundle_world
+    from .bundle import bundle_adapter, bundle_clip, bundle_interaction, bundle_lora, bundle_world
 
-    if not (args.run or args.probe or args.tune):
-        raise ValueError("`discadapt world bundle` needs a world RUN folder, --probe RUN or --tune RUN.")
+    if not (args.run or args.probe or args.tune or args.augment):
+        raise ValueError("`discadapt world bundle` needs a world RUN folder, --probe RUN, --tune RUN or --augment RUN.")
+    if args.rounds is not None and not args.augment:
+        raise ValueError("`--rounds` applies to --augment RUN; pass that too, or drop --rounds.")
     for run, parts in ((args.probe, ("adapter",)), (args.tune, ("lora", "adapter"))):
         for part in parts if run else ():
             if not (Path(run) / part).is_dir():
@@ -114,6 +117,8 @@ def _bundle(args) -> int:
     if args.tune:
         jobs.append(("lora", Path(args.tune) / "lora", bundle_lora))
         jobs.append(("tuned_adapter", Path(args.tune) / "adapter", partial(bundle_adapter, name="tuned_adapter")))
+    if args.augment:
+        jobs.append(("interaction", Path(args.augment), partial(bundle_interaction, rounds=args.rounds)))
     for name, source, bundle in jobs:
         print(f"bundled {bundle(source, None if args.dest is None else Path(args.dest) / name)}")
     return 0
@@ -160,5 +165,7 @@ def add_commands(subparsers) -> None:
     bundle.add_argument("run", nargs="?", help="a `discadapt world train` folder (the world pipeline and CLIP)")
     bundle.add_argument("--probe", help="a finished `discadapt probe --world` folder (its adapter)")
     bundle.add_argument("--tune", help="a finished `discadapt tune --world` folder (its LoRA and adapter)")
+    bundle.add_argument("--augment", help="a finished interaction loop folder (its enhancement LoRAs, fused in order)")
+    bundle.add_argument("--rounds", type=int_at_least(1), default=None, help="with --augment: bundle rounds 1..K")
     bundle.add_argument("--dest", default=None, help="weights root (default: the package's weights/ folder)")
     bundle.set_defaults(func=_bundle)

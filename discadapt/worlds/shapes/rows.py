@@ -2,7 +2,8 @@
 
 - Methods (`run_demo(methods=...)`): self-correction with the stage-1 adapter (bundle "adapter"), plain and
   low-overhead ("reuse") modes; the stage-2 tuned pipeline (bundle "lora", fused), alone and with self-correction
-  by its own adapter (bundle "tuned_adapter"). Every row draws the same prompts with the same seeds as the base row.
+  by its own adapter (bundle "tuned_adapter"); the interaction loop's enhanced pipeline (bundle "interaction", its
+  rounds fused). Every row draws the same prompts with the same seeds as the base row.
 - Tables (`run_demo(extra_tables=...)`): image-text matching against hard negatives on rendered held-out scenes
   (`probing.hard_negative_table`) for the world CLIP (bundle "clip"), the denoising error of the base and tuned
   pipelines (DiffusionITM, 10 timesteps) and the adapters; and the adapters' image-side ITM and REC accuracy on
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from ...bench import pipeline_method
 from ...scorers import AdapterScorer, DenoisingScorer
-from .bundle import WEIGHTS_DIR, BundleError, load_adapter, load_clip, load_lora, load_pipeline
+from .bundle import WEIGHTS_DIR, BundleError, load_adapter, load_clip, load_interaction, load_lora, load_pipeline
 from .demo import GUIDANCE
 from .probing import adapter_table, clip_scorer, hard_negative_table
 
@@ -28,6 +29,7 @@ __all__ = [
     "PROBING_EXAMPLES",
     "SCORE_BATCH",
     "bundled_adapter",
+    "bundled_interaction",
     "bundled_tuned",
     "correction_methods",
     "demo_rows",
@@ -58,6 +60,16 @@ def bundled_tuned(device="cpu", root=None):
     adapter = bundled_adapter(root, name="tuned_adapter")
     pipe = load_lora(load_pipeline(device=device, root=root), root=root)
     return pipe, None if adapter is None else adapter.to(device)
+
+
+def bundled_interaction(device="cpu", root=None):
+    """`(label, pipeline)`: the demo row's name (critic, rounds) and the bundled world pipeline with the bundled
+    interaction rounds fused; or None when none is bundled."""
+    if not (Path(WEIGHTS_DIR if root is None else root) / "interaction" / "manifest.json").exists():
+        return None
+    pipe, manifest = load_interaction(load_pipeline(device=device, root=root), root=root)
+    rounds = len(manifest["rounds"])
+    return f"interaction ({manifest['critic']}, {rounds} round{'s' if rounds > 1 else ''})", pipe
 
 
 def probing_table(quick: bool = False, root=None, adapter=None, tuned=None):
@@ -113,7 +125,8 @@ def tuned_methods(tuned, adapter=None, steps: int = 25, guidance: float = GUIDAN
 def demo_rows(pipe, steps: int, guidance: float = GUIDANCE, quick: bool = False, correction: bool = True,
               probing: bool = True, device="cpu", root=None) -> tuple[dict, list]:  # fmt: skip
     """`(methods, extra_tables)` of `run_demo` for the bundled models on top of `pipe` (the bundled world
-    pipeline): self-correction rows (`correction`), tuned rows, and the probing tables (`probing`)."""
+    pipeline): self-correction rows (`correction`), tuned rows, the interaction row, and the probing tables
+    (`probing`)."""
     adapter = bundled_adapter(root)
     adapter = None if adapter is None else adapter.to(device)
     tuned = bundled_tuned(device, root)
@@ -122,6 +135,9 @@ def demo_rows(pipe, steps: int, guidance: float = GUIDANCE, quick: bool = False,
         methods.update(correction_methods(pipe, adapter, steps, guidance))
     if tuned is not None:
         methods.update(tuned_methods(tuned[0], tuned[1] if correction else None, steps, guidance))
+    interaction = bundled_interaction(device, root)
+    if interaction is not None:
+        methods[interaction[0]] = pipeline_method(interaction[1], steps, guidance)
     tables = []
     if probing:
         tables.append(probing_table(quick, root, adapter, tuned))

@@ -202,3 +202,6 @@ def test_interaction_bundle_fuses_the_accepted_rounds_in_order(world_root, tmp_p
     assert main(["world", "bundle", "--augment", str(run), "--rounds", "1", "--dest", str(tmp_path / "cli")]) == 0
     assert len(load_interaction(_pipe(root), root=tmp_path / "cli")[1]["rounds"]) == 1
     assert bundled_interaction(root=tmp_path) is None
+    (run / "round-01" / "done.json").write_text('{"round": 1, "accepted": false, "win_rate": 0.4}')
+    with pytest.raises(ValueError, match="has no accepted round"):
+        bundle_interaction(run, tmp_path / "x")

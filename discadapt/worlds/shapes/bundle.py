@@ -353,7 +353,7 @@ def bundle_interaction(
 
     Raises:
         FileNotFoundError: a missing `augment.json` or round.
-        ValueError: `rounds` below 1, or a requested round that the loop's stop test rejected.
+        ValueError: no accepted round; `rounds` below 1, or beyond the rounds the loop's stop test accepted.
     """
     run = Path(run_dir)
     if not (run / "augment.json").is_file():
@@ -361,6 +361,8 @@ def bundle_interaction(
     done = sorted(run.glob("round-*/done.json"))
     accepted = [json.loads(p.read_text()) for p in done]
     accepted = accepted[: next((k for k, r in enumerate(accepted) if not r["accepted"]), len(accepted))]
+    if not accepted:
+        raise ValueError(f"{run} has no accepted round (none finished, or the stop test rejected round 1).")
     rounds = len(accepted) if rounds is None else rounds
     if not isinstance(rounds, int) or rounds < 1 or rounds > len(accepted):
         raise ValueError(f"`rounds` is {rounds!r}, but {run} has {len(accepted)} accepted round(s); pass 1 to that.")

@@ -304,6 +304,7 @@ def layout_score(
     feather: float = 1.0,
     seed: int = 0,
     generator: torch.Generator | None = None,
+    grad: bool = False,
     batch_size: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -318,14 +319,15 @@ def layout_score(
     the negative. It locates what the relative denoising error of the whole prompt averages away.
 
     Args:
-        pipe, images_or_latents, seed, generator, batch_size, progress: as in `denoising_score`.
+        pipe, images_or_latents, seed, generator, grad, batch_size, progress: as in `denoising_score`.
         layouts (Sequence[Sequence[Region]]): per image, its `boxes.Region`s (box and phrase), e.g.
             `interaction.critics.layout.plan_layout(prompt)`; an image with none scores 0.
         num_timesteps (int): evenly spread timesteps. Default 10.
         feather (float): the masks' edge ramp in latent pixels (`boxes.box_mask`). Default 1.0.
 
     Returns:
-        `torch.Tensor` of shape `(B,)`, float32; higher means the phrases sit in their boxes.
+        `torch.Tensor` of shape `(B,)`, float32 (float64 for a float64 pipeline); higher means the phrases sit in
+        their boxes.
     """
     unet = get_unet(pipe)
     _check_count("num_timesteps", num_timesteps)
@@ -336,9 +338,8 @@ def layout_score(
     rows = [(b, r) for b, regions in enumerate(layouts) for r in regions]  # (image, region)
     if any(not isinstance(r, Region) for _, r in rows):
         raise ValueError("`layouts` holds something other than a Region; pass boxes.Region(box, prompt) items.")
-    scores = torch.zeros(len(latents))
     if not rows:
-        return scores
+        return torch.zeros(len(latents))
     placed = sorted({b for b, _ in rows})  # images with a layout: one empty-prompt row each
     index = torch.tensor([b for b, _ in rows] + placed)
     ts = default_timesteps(pipe, num_timesteps)
@@ -346,21 +347,25 @@ def layout_score(
     abar, prediction_type = _schedule(pipe)
     with torch.no_grad():
         text = encode_text(pipe, [r.prompt for _, r in rows] + [""] * len(placed))
-        totals: dict[int, torch.Tensor] = {}  # first row of a batch -> sum over timesteps of its error maps
+    totals: dict[int, torch.Tensor] = {}  # first row of a batch -> sum over timesteps of its error maps
+    with torch.set_grad_enabled(grad):
         for part, x0, step, eps, xt in _noised(pipe, latents[index], ts, noise, batch_size, progress, "layout scores"):
             sub = text.index(part)
             pred = unet(xt, step, sub.encoder_hidden_states, **unet_text_kwargs(pipe, sub, xt)).sample
-            error = (pred.float() - _target(abar, prediction_type, x0, eps, step).float()).pow(2).mean(dim=1)
+            wide = torch.promote_types(pred.dtype, torch.float32)  # float16 up to float32; float64 stays
+            error = (pred.to(wide) - _target(abar, prediction_type, x0, eps, step).to(wide)).pow(2).mean(dim=1)
             totals[part.start] = totals.get(part.start, 0) + error
     errors = torch.cat(list(totals.values())) / len(ts)  # (rows + placed, h, w)
     empty = dict(zip(placed, errors[len(rows) :]))
+    terms: list[list[torch.Tensor]] = [[] for _ in range(len(latents))]
     for k, (b, region) in enumerate(rows):
         gain = empty[b] - errors[k]
         inside = box_mask(region.box, *gain.shape, feather=feather).to(gain.device)
         outside = 1 - inside
-        scores[b] += float((gain * inside).sum() / inside.sum().clamp_min(1e-8))
-        scores[b] -= float((gain * outside).sum() / outside.sum().clamp_min(1e-8))
-    return scores
+        terms[b].append((gain * inside).sum() / inside.sum().clamp_min(1e-8))
+        terms[b].append(-(gain * outside).sum() / outside.sum().clamp_min(1e-8))
+    zero = errors.new_zeros(())
+    return torch.stack([sum(t, zero) for t in terms]).cpu()  # summed in order, as the terms were added
 
 
 def _check_adapter(adapter: DiscriminativeAdapter, pipe) -> None:

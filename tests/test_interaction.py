@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from discadapt.interaction.dataset import Candidate, RoundData, rejected_for, select
+from discadapt.interaction.dataset import Candidate, RoundData, image_name, rejected_for, select
 from discadapt.interaction.enhance import EnhanceConfig, fuse_enhancements, train_enhancement
 from discadapt.interaction.loop import AugmentConfig, augment, split_prompts
 from discadapt.losses.preference import diffusion_dpo_loss
@@ -24,7 +24,7 @@ def redness(images, prompts):
 
 
 def candidate(i, k, score, source="sample"):
-    return Candidate(i, PROMPTS[i], source, k, 7, f"images/{i:05d}-{source[0]}{k}.png", score)
+    return Candidate(i, PROMPTS[i], source, k, 7, image_name(i, source, k), score)
 
 
 def test_select_keeps_top_k_above_margin():
@@ -172,6 +172,23 @@ def test_augment_runs_rounds_and_resumes_to_the_same_result(tmp_path):
         assert {k: v for k, v in a.items() if k != "lora"} == {k: v for k, v in b.items() if k != "lora"}
     kept = lambda root: [json.loads(x) for x in (root / "round-02" / "kept.jsonl").read_text().splitlines()]  # noqa: E731
     assert kept(tmp_path / "full") == kept(part)
+
+
+def test_regenerated_images_get_their_own_files(tmp_path):
+    """Every candidate, sampled or regenerated from a suggestion, has its own file, holding the image scored."""
+    from dataclasses import replace
+
+    from discadapt.interaction.critics import ScorerCritic
+
+    critic = ScorerCritic(FunctionScorer("redness", redness))  # suggests the layout planned from the relation
+    prompts = ["a red circle to the left of a blue square", "a cat above a dog", "a red square", "a dog"]
+    augment(tiny_sd_pipeline(), critic, prompts, tmp_path, replace(_config(rounds=1), regenerate=2), progress=False)
+    data = RoundData(tmp_path / "round-01")
+    candidates = data.candidates()
+    assert {c.source for c in candidates} == {"sample", "suggestion"}
+    assert len({c.file for c in candidates}) == len(candidates)
+    images = [Image.open(data.folder / c.file).convert("RGB") for c in candidates]
+    torch.testing.assert_close(redness(images, None), torch.tensor([c.score for c in candidates]), atol=1e-4, rtol=0)
 
 
 def test_augment_refuses_another_configuration_and_bad_critics(tmp_path):

@@ -226,3 +226,25 @@ def test_layout_score_against_its_identities(sd_pipe, latents):
         layout_score(sd_pipe, latents, [[(left, "a cat")], [], []])
     with pytest.raises(ValueError, match="`num_timesteps` is 0"):
         layout_score(sd_pipe, latents, [layout, [], []], num_timesteps=0)
+
+
+def test_layout_score_gradient_matches_finite_differences_float64():
+    from discadapt.boxes import Region
+    from discadapt.scoring import layout_score
+
+    pipe = tiny_sd_pipeline(seed=0).to(torch.float64)
+    x = torch.randn(2, 4, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    layouts = [[Region((0, 0, 0.5, 1), "a red circle"), Region((0.5, 0, 1, 1), "a blue square")], []]
+
+    def f(z):
+        return layout_score(pipe, z, layouts, num_timesteps=2, grad=True).sum()
+
+    z = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(z), z)
+    assert grad[0].abs().max() > 0 and grad[1].abs().max() == 0  # no layout, no gradient
+    direction = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    h = 1e-5
+    with torch.no_grad():
+        numeric = (f(x + h * direction) - f(x - h * direction)) / (2 * h)
+    torch.testing.assert_close((grad * direction).sum(), numeric, rtol=1e-6, atol=1e-9)
+    assert not layout_score(pipe, x, layouts, num_timesteps=2).requires_grad  # no graph by default

@@ -73,8 +73,12 @@ class Candidate:
         return self.prompt_index, self.source, self.k
 
 
+_TAGS = {"sample": "s", "suggestion": "r"}  # file-name tag per source; "r" (regenerated): the two must differ
+
+
 def image_name(prompt_index: int, source: str, k: int) -> str:
-    return f"images/{prompt_index:05d}-{source[0]}{k}.png"
+    """The image file of candidate k of `source` for prompt `prompt_index`, relative to the round folder."""
+    return f"images/{prompt_index:05d}-{_TAGS[source]}{k}.png"
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -3,7 +3,9 @@
 Reads a finished round of the interaction loop on the shapes world (`benchmarks/augment_shapes.py`, training-split
 prompts only): its sampled candidates (`--candidates` per prompt, no suggestions). For each critic, per category:
 the oracle's accuracy of the candidate the critic scores highest in each prompt group; beside it a random candidate
-(the mean over the group) and the best possible (any candidate right). The oracle judges; it never picks.
+(the mean over the group) and the best possible (any candidate right). The oracle judges; it never picks. Two more
+rows give what the loop itself trained on: its kept images (sampled or regenerated from a suggestion) and their
+Diffusion-DPO rejected images (each prompt's lowest-scored candidate).
 
     python benchmarks/critic_picks.py --round runs/augment-clip-dpo/round-01 --critics clip,locate,denoising
 
@@ -26,7 +28,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import set_threads  # noqa: E402
 
-from discadapt.interaction.dataset import RoundData  # noqa: E402
+from discadapt.interaction.dataset import RoundData, rejected_for  # noqa: E402
 from discadapt.worlds.shapes.captions import parse  # noqa: E402
 from discadapt.worlds.shapes.oracle import check  # noqa: E402
 
@@ -74,11 +76,18 @@ def main(argv=None) -> int:
     pipe = load_pipeline()
     pipe.set_progress_bar_config(disable=True)
     columns = {"random": {g: float(right[m].mean()) for g, m in groups.items()}}
-    for name in args.critics.split(","):
+    for name in [n for n in args.critics.split(",") if n]:
         with torch.no_grad():
             scores = make_critic(name, pipe).score(images, prompts).float().numpy()
         columns[name] = {g: float(right[m][int(np.argmax(scores[m]))]) for g, m in groups.items()}
     columns["best possible"] = {g: float(right[m].any()) for g, m in groups.items()}
+    kept = data.kept() or []
+    for column, chosen in (("the loop's kept", kept), ("the loop's rejected", rejected_for(data.candidates(), kept))):
+        columns[column] = {
+            c.prompt: float(check(np.asarray(Image.open(data.folder / c.file).convert("RGB")), parse(c.prompt)).ok)
+            for c in chosen
+            if c.prompt in groups
+        }
 
     table = {}
     cat_of = {prompts[m[0]]: category[m[0]] for m in groups.values()}

@@ -11,7 +11,8 @@ Diffusion-DPO rejected images (each prompt's lowest-scored candidate).
 
 Critics: `clip` (the world CLIP), `locate` (`LocatingCritic`: the planned layout checked by the pipeline's own
 denoising, the world CLIP for prompts without a relation), `denoising` (relative denoising error, 10 timesteps),
-`adapter` (the bundled stage-1 adapter's ITM logit, t=250). Writes ROUND/critic_picks.json.
+`adapter` (the bundled stage-1 adapter's ITM logit, t=250), `ensemble` (world CLIP and the adapter ranked together);
+all but `denoising` as `augment_shapes.py` builds them. Writes ROUND/critic_picks.json.
 """
 
 from __future__ import annotations
@@ -27,35 +28,31 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import set_threads  # noqa: E402
+from augment_shapes import MULTI  # noqa: E402
+from augment_shapes import make_critic as loop_critic  # noqa: E402
 
 from discadapt.interaction.dataset import RoundData, rejected_for  # noqa: E402
 from discadapt.worlds.shapes.captions import parse  # noqa: E402
 from discadapt.worlds.shapes.oracle import check  # noqa: E402
 
-MULTI = ("two_objects", "counting", "spatial", "referring")
-
 
 def make_critic(name: str, pipe):
-    from discadapt.interaction.critics import DenoisingCritic, LocatingCritic, critic_from_name
-
-    if name == "clip":
-        return critic_from_name("world CLIP")
-    if name == "locate":
-        return LocatingCritic(pipe, fallback=critic_from_name("world CLIP"), batch_size=256)
+    """`denoising` (relative denoising error, 10 timesteps), else the loop's critic of that name."""
     if name == "denoising":
-        return DenoisingCritic(pipe, num_timesteps=10, batch_size=256)
-    if name == "adapter":
-        from discadapt.scorers import AdapterScorer
-        from discadapt.worlds.shapes.rows import bundled_adapter
+        from discadapt.interaction.critics import DenoisingCritic
 
-        return AdapterScorer(pipe, bundled_adapter(), t=250, batch_size=256)
-    raise ValueError(f"`--critics` holds {name!r}; pick from clip, locate, denoising, adapter.")
+        return DenoisingCritic(pipe, num_timesteps=10, batch_size=256)
+    if name not in ("clip", "locate", "adapter", "ensemble"):
+        raise ValueError(f"`--critics` holds {name!r}; pick from clip, locate, denoising, adapter, ensemble.")
+    return loop_critic(name, pipe)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--round", required=True, help="a finished round folder of the loop on the shapes world")
-    p.add_argument("--critics", default="clip,locate", help="comma-separated: clip, locate, denoising, adapter")
+    p.add_argument(
+        "--critics", default="clip,locate", help="comma-separated: clip, locate, denoising, adapter, ensemble"
+    )
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     set_threads(args.threads)

@@ -18,19 +18,12 @@ from collections.abc import Sequence
 import torch
 
 from ...scorers import DenoisingScorer, Scorer, as_pixels
-from ...scoring import layout_score
+from ...scoring import _check_count, layout_score
 from ...text import get_unet
 from .base import LayoutCritic, check_pairs
 from .layout import plan_layout
 
 __all__ = ["DenoisingCritic", "LocatingCritic"]
-
-
-def _check_positive(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` is {value!r}; pass an int >= 1{' or None' if allow_none else ''}.")
 
 
 class DenoisingCritic(LayoutCritic):
@@ -57,8 +50,8 @@ class DenoisingCritic(LayoutCritic):
         name: str = "",
     ):
         get_unet(pipe)
-        _check_positive("num_timesteps", num_timesteps)
-        _check_positive("batch_size", batch_size, allow_none=True)
+        _check_count("num_timesteps", num_timesteps)
+        _check_count("batch_size", batch_size, allow_none=True)
         self.scorer = DenoisingScorer(pipe, num_timesteps, unconditional, batch_size, name)
         self.name, self.layout = self.scorer.name, bool(layout)
 
@@ -87,8 +80,8 @@ class LocatingCritic(LayoutCritic):
     def __init__(self, pipe, fallback: Scorer | None = None, num_timesteps: int = 10, batch_size: int | None = None,
                  layout: bool = True, name: str = ""):  # fmt: skip
         get_unet(pipe)
-        _check_positive("num_timesteps", num_timesteps)
-        _check_positive("batch_size", batch_size, allow_none=True)
+        _check_count("num_timesteps", num_timesteps)
+        _check_count("batch_size", batch_size, allow_none=True)
         if fallback is not None and not callable(getattr(fallback, "score", None)):
             raise ValueError(
                 f"`fallback` is a {type(fallback).__name__}; pass a scorer (score(images, prompts)) or None."

@@ -20,12 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import numpy as np
-import PIL.Image
 import torch
 
+from ...evaluators.inputs import check_pairs, to_pil
 from ...sampling.regions import Region
-from ...scorers import Scorer, as_pixels
+from ...scorers import Scorer
 from .layout import plan_layout
 
 __all__ = [
@@ -102,49 +101,6 @@ class Critic(Scorer, Protocol):
     def suggest(self, images, prompts: Sequence[str]) -> list[Suggestion | None]:
         """One suggestion, or None, per (image, prompt) pair."""
         ...
-
-
-def _count(images) -> int:
-    if isinstance(images, PIL.Image.Image):
-        return 1
-    if isinstance(images, (list, tuple, np.ndarray, torch.Tensor)):
-        return len(images)
-    raise ValueError(
-        f"`images` is a {type(images).__name__}; pass PIL images, a (N, 3, H, W) float tensor in [0, 1] or a "
-        "(N, H, W, 3) uint8 array."
-    )
-
-
-def check_pairs(images, prompts) -> list[str]:
-    """`prompts` as a list of N strings, one per image (ValueError otherwise)."""
-    n = _count(images)
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
-        raise ValueError(f"`prompts` is {prompts!r}; pass a list of strings, one per image ({n}).")
-    if len(prompts) != n or n == 0:
-        raise ValueError(f"Got {n} images but {len(prompts)} prompts; pass one prompt per image (at least one).")
-    return list(prompts)
-
-
-def to_pil(images) -> list[PIL.Image.Image]:
-    """RGB PIL images from PIL images, a `(N, H, W, 3)` uint8 array (or a list of `(H, W, 3)` ones), or a
-    `(N, 3, H, W)` float tensor in [0, 1] (rounded to 8 bits)."""
-    if isinstance(images, PIL.Image.Image):
-        return [images.convert("RGB")]
-    if isinstance(images, (list, tuple)) and images and all(isinstance(i, PIL.Image.Image) for i in images):
-        return [i.convert("RGB") for i in images]
-    if isinstance(images, (list, tuple)) and images and all(isinstance(i, np.ndarray) for i in images):
-        images = np.stack(images)
-    x = as_pixels(images)  # uint8 (N, H, W, 3) -> float (N, 3, H, W)
-    if isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] == 3 and x.is_floating_point():
-        if not torch.isfinite(x).all() or x.min() < -1e-3 or x.max() > 1 + 1e-3:
-            raise ValueError("`images` is a float tensor with values outside [0, 1]; pass images in [0, 1].")
-        array = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return [PIL.Image.fromarray(a) for a in array]  # (H, W, 3) each
-    shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
-    raise ValueError(
-        f"`images` is {shape}; this critic reads pixels: pass PIL images, a (N, 3, H, W) float tensor in [0, 1] or "
-        "a (N, H, W, 3) uint8 array (not latents)."
-    )
 
 
 class LayoutCritic:

@@ -20,34 +20,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .base import LayoutCritic, check_pairs, to_pil
+from ...evaluators.inputs import check_pairs, features, require_folder, to_pil
+from .base import LayoutCritic
 
 __all__ = ["CLIPCritic", "OpenCLIPCritic", "features", "require_folder"]
 
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 CLIP_SOURCE = (
     "download one with `huggingface-cli download openai/clip-vit-large-patch14 --local-dir {path}` (or another "
     "transformers CLIPModel repository)"
 )
-
-
-def require_folder(path, source: str) -> Path:
-    """`path` as a Path if it is a transformers model folder (config.json and weights), else FileNotFoundError naming
-    the path and `source` (where such weights come from; "{path}" in it is filled in)."""
-    folder = Path(os.fspath(path))
-    if not (folder / "config.json").is_file() or not any((folder / w).is_file() for w in _WEIGHTS):
-        found = sorted(p.name for p in folder.iterdir())[:10] if folder.is_dir() else "no such folder"
-        raise FileNotFoundError(
-            f"No model at {folder} (config.json and {' or '.join(_WEIGHTS[:1] + _WEIGHTS[2:3])} expected; found: "
-            f"{found}); {source.format(path=folder)}."
-        )
-    return folder
-
-
-def features(output) -> torch.Tensor:
-    """The embedding tensor of `get_image_features` / `get_text_features`: the tensor itself (transformers 4) or
-    the output object's `pooler_output` (transformers 5)."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
 class CLIPCritic(LayoutCritic):

@@ -88,8 +88,9 @@ def check_output(path: str | os.PathLike, flag: str = "--out") -> Path:
     return path
 
 
-def check_device(device: str, flag: str = "--device") -> str:
-    """`device` if torch can use it here, else a ValueError naming `flag` (e.g. `cuda` on a machine without CUDA)."""
+def check_device(device: str, flag: str = "--device", fix: str = "pass --device cpu") -> str:
+    """`device` if torch can use it here, else a ValueError naming `flag` (e.g. `cuda` on a machine without CUDA)
+    and `fix`, what to do instead (a command sized for a GPU suggests a smaller run on the CPU)."""
     import torch
 
     try:
@@ -99,7 +100,7 @@ def check_device(device: str, flag: str = "--device") -> str:
     available = {"cuda": torch.cuda.is_available, "mps": lambda: torch.backends.mps.is_available()}
     if kind in available and not available[kind]():
         raise ValueError(
-            f"`{flag}` is {device!r}, but torch finds no {kind.upper()} device on this machine; pass --device cpu."
+            f"`{flag}` is {device!r}, but torch finds no {kind.upper()} device on this machine; {fix}."
         )
     index = torch.device(device).index
     if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
@@ -132,7 +133,7 @@ def run_command(args: argparse.Namespace, name: str) -> int:
                 if getattr(args, attribute, None) is not None:
                     check_output(getattr(args, attribute), flag)
             if getattr(args, "device", None) is not None:
-                check_device(args.device)
+                check_device(args.device, fix=getattr(args, "device_fix", None) or "pass --device cpu")
             return args.func(args)
         except KeyboardInterrupt:
             if debug:

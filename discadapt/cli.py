@@ -7,6 +7,9 @@ discadapt probe --pipeline DIR|--world ...    stage 1: train a discriminative ad
 discadapt tune --pipeline DIR|--world ...     stage 2: LoRA + adapter with discriminative and denoising losses
 discadapt augment --pipeline DIR|--world --critic C --prompts F --out DIR
                                               the interaction loop (ArtAug): critics, kept images, fused LoRAs
+discadapt bench run --suite FILES|shapes --pipeline DIR --metric NAME=PATH ... --out DIR
+                                              benchmark evaluations: images, scores, results.json, report.html
+discadapt bench compare A/results.json B/results.json   paired differences of two runs
 
 Plug-ins (`discadapt.plugins`) add commands and pipeline sources; the shapes world adds:
 discadapt demo [--quick] [--out DIR]          the shapes world's held-out prompts, judged by its oracle: tables,
@@ -23,11 +26,11 @@ else); `discadapt --debug <command> ...` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 from .arguments import Parser, int_at_least, number_at_least, run_command
+from .bench.commands import add_commands as add_bench_commands
 from .interaction.commands import add_commands as add_augment_commands
 from .plugins import add_pipeline_arguments, pipeline_from_args, registry
 from .train.commands import add_commands as add_train_commands
@@ -102,16 +105,7 @@ def generate(args) -> int:
     return 0
 
 
-def _quiet_torchvision_fallback() -> None:
-    """Drop transformers' notice that its image processors fall back to PIL without torchvision: discadapt keeps
-    torchvision out on purpose (README, install notes), and diffusers' imports trigger the notice on every command."""
-    logging.getLogger("transformers.utils.import_utils").addFilter(
-        lambda record: "requires torchvision (not installed)" not in record.getMessage()
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
-    _quiet_torchvision_fallback()
     parser = Parser(prog="discadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error, and warnings in full")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,10 +140,14 @@ def main(argv: list[str] | None = None) -> int:
 
     add_train_commands(sub)
     add_augment_commands(sub)
+    add_bench_commands(sub)
     for add in registry().commands:
         add(sub)
 
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "extra_options", False):
+        parser.parse_args(argv)  # the usual one-line error naming the unknown options
+    args.rest = rest
     name = " ".join(str(part) for part in (args.command, getattr(args, "world_command", None)) if part)
     return run_command(args, name)
 

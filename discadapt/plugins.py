@@ -17,7 +17,9 @@ What it may register:
   evaluation sets run on the trained adapter;
 - scorers (`add_scorer`): a named factory of a `scorers.Scorer` (e.g. a world's CLIP);
 - judges (`add_judge`): a named factory of a `scorers.Judge` (e.g. a world's oracle), for evaluation only;
-- suites (`add_suite`): a named factory of a `bench.Suite` (prompts, seeds, a judge), run by `bench.run_suite`.
+- suites (`add_suite`): a named factory of a `bench.Suite` (prompts, seeds, a judge), run by `bench.run_suite`;
+- runners (`add_runner`): `discadapt bench run --suite NAME [options]` for a suite that brings its own methods and
+  tables (the shapes world's demo).
 
 `registry()` loads every installed plug-in once. The shapes world registers itself this way: nothing in the core
 imports `discadapt.worlds` (a test walks the imports).
@@ -89,6 +91,7 @@ class Registry:
     scorers: dict[str, Callable[..., object]] = field(default_factory=dict)
     judges: dict[str, Callable[..., object]] = field(default_factory=dict)
     suites: dict[str, Callable[..., object]] = field(default_factory=dict)
+    runners: dict[str, Callable[[list[str]], int]] = field(default_factory=dict)
 
     def add_source(self, name: str, help: str, load: Callable[[], object]) -> None:
         """Register the flag `--{name}` selecting the pipeline `load()` returns."""
@@ -123,6 +126,11 @@ class Registry:
         """Register `factory(**options) -> bench.Suite` under `name` (e.g. "shapes")."""
         self._add_named("suite", self.suites, name, factory)
 
+    def add_runner(self, name: str, run: Callable[[list[str]], int]) -> None:
+        """Register `run(argv) -> exit code` as `discadapt bench run --suite {name} [options]`: a suite that brings
+        its own methods and tables (the shapes world: `discadapt demo`, whose options `argv` are)."""
+        self._add_named("runner", self.runners, name, run)
+
 
 @functools.lru_cache(maxsize=1)
 def registry() -> Registry:
@@ -133,9 +141,10 @@ def registry() -> Registry:
     return found
 
 
-def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
-    """The pipeline a command runs on, one of: `--pipeline DIR`, `--tiny`, or a plug-in's flag (`--world`)."""
-    source = parser.add_mutually_exclusive_group(required=True)
+def add_pipeline_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """The pipeline a command runs on, one of: `--pipeline DIR`, `--tiny`, or a plug-in's flag (`--world`); with
+    `required=False` the command checks that one was given where it needs one."""
+    source = parser.add_mutually_exclusive_group(required=required)
     source.add_argument("--pipeline", help="local diffusers pipeline folder (loaded offline)")
     source.add_argument("--tiny", action="store_true", help="the tiny random test pipeline")
     for name, found in registry().sources.items():

@@ -2,16 +2,18 @@
 
 Knows nothing of any world or model. Its inputs:
 
-- `ReportRow`: one method on one category: accuracy with its confidence interval, counts, and the images to show
-  with their captions and verdicts (passed, and a note saying why not).
+- `ReportRow`: one method on one category under one metric (the judge's accuracy, or a score such as CLIP score):
+  the value with its confidence interval, counts, and the images to show with their captions and verdicts (passed,
+  and a note saying why not; or no verdict and a note with the image's scores).
 - `Table`: any other table (timings, per-split accuracy, probing results added by later work): a title, column
   names, rows of cells, a note.
 
 `write_report(out_dir, results, rows, tables)` writes `results.json` (the `results` dict as given) and
-`report.html`: a bar chart per category (inline SVG, one bar per method, whiskers at the interval's ends), the
-accuracy table, the extra tables, and an image grid per method and category (PNG data URIs, upscaled with
-nearest-neighbour so 32-pixel images stay sharp), every caption and note escaped. No external assets: the file
-opens offline and can be mailed. Both files are written atomically (`io.write_atomic`).
+`report.html`: per metric, a bar chart per category (inline SVG, one bar per method, whiskers at the interval's
+ends; accuracies on [0, 1], scores on [0, the largest interval end]) and its table, the extra tables, and an
+image grid per method and category (PNG data URIs, upscaled with nearest-neighbour so 32-pixel images stay sharp),
+every caption and note escaped. No external assets: the file opens offline and can be mailed. Both files are
+written atomically (`io.write_atomic`).
 
 Example:
     >>> import numpy as np
@@ -121,18 +123,21 @@ class Table:
 
 @dataclass(frozen=True)
 class ReportRow:
-    """One method on one category: accuracy, interval, counts, and images to show.
+    """One method on one category under one metric: value, interval, counts, and images to show.
 
     Args:
         method (str): the method's name (a bar and a row of the table).
         category (str): the category's name (a chart and a column).
-        accuracy (float), ci_low (float), ci_high (float): the accuracy and its confidence interval, in [0, 1].
-        n_prompts (int), n_images (int): what the accuracy was measured on.
+        accuracy (float), ci_low (float), ci_high (float): the value and its confidence interval; in [0, 1] for
+            the metric "accuracy".
+        n_prompts (int), n_images (int): what the value was measured on.
         images (np.ndarray | Sequence[np.ndarray]): `(N, S, S, 3)` uint8 images for the grid (any subset).
             Default none.
         captions (Sequence[str]): N captions, one per image. Default none.
-        passed (Sequence[bool]): N verdicts. Default none.
-        notes (Sequence[str]): N notes (why the verdict; e.g. what the referee found). Default none.
+        passed (Sequence[bool | None]): N verdicts, None where there is none (a suite without a judge). Default none.
+        notes (Sequence[str]): N notes (why the verdict; e.g. what the referee found, or the image's scores).
+            Default none.
+        metric (str): what the value is: "accuracy" (a judge's) or a score's name. Default "accuracy".
     """
 
     method: str
@@ -146,14 +151,17 @@ class ReportRow:
     captions: Sequence[str] = field(default_factory=list)
     passed: Sequence[bool] = field(default_factory=list)
     notes: Sequence[str] = field(default_factory=list)
+    metric: str = "accuracy"
 
     def __post_init__(self):
         n = len(self.images)
         for name in ("captions", "passed", "notes"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"`{name}` has {len(getattr(self, name))} items and `images` {n}; pass one per image.")
-        if not 0 <= self.ci_low <= self.ci_high <= 1:
+        if self.metric == "accuracy" and not 0 <= self.ci_low <= self.ci_high <= 1:
             raise ValueError(f"the interval is [{self.ci_low}, {self.ci_high}]; pass 0 <= `ci_low` <= `ci_high` <= 1.")
+        if not self.ci_low <= self.ci_high:
+            raise ValueError(f"the interval is [{self.ci_low}, {self.ci_high}]; pass `ci_low` <= `ci_high`.")
 
     @property
     def label(self) -> str:
@@ -214,25 +222,35 @@ def _png_uri(image: np.ndarray, pixels: int = GRID_PIXELS) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _axis_top(rows: Sequence[ReportRow]) -> float:
+    """The chart's upper end: 1 for accuracies, else the largest interval end rounded up to 1, 2 or 5 x 10^k."""
+    if all(r.metric == "accuracy" for r in rows):
+        return 1.0
+    largest = max([r.ci_high for r in rows] + [r.accuracy for r in rows] + [1e-9])
+    power = 10.0 ** math.floor(math.log10(largest))
+    return next(step * power for step in (1, 2, 5, 10) if step * power >= largest)
+
+
 def _chart(category: str, rows: Sequence[ReportRow], colors: Mapping[str, str]) -> str:
     """Inline SVG bar chart of one category: a bar per method, whiskers at the interval's ends."""
     bar, gap, left, top, height = 44, 14, 34, 22, 160
     width = max(150, left + len(rows) * (bar + gap) + gap)
-    y = lambda v: top + height * (1 - v)  # noqa: E731
+    scale = _axis_top(rows)
+    y = lambda v: top + height * (1 - max(0.0, v) / scale)  # noqa: E731
     e = html.escape
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{top + height + 40}" role="img" '
         f'aria-label="{e(category)}">',
         f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="13" font-weight="bold">{e(category)}</text>',
     ]
-    for tick in (0, 0.25, 0.5, 0.75, 1):
+    for tick in (scale * f for f in (0, 0.25, 0.5, 0.75, 1)):
         parts.append(f'<line x1="{left}" x2="{width}" y1="{y(tick)}" y2="{y(tick)}" stroke="#e4e4e4"/>')
         parts.append(f'<text x="{left - 4}" y="{y(tick) + 4}" text-anchor="end" font-size="10">{tick:g}</text>')
     for i, r in enumerate(rows):
         x = left + gap + i * (bar + gap)
         mid = x + bar / 2
         parts.append(
-            f'<rect x="{x}" y="{y(r.accuracy):.1f}" width="{bar}" height="{height * r.accuracy:.1f}" '
+            f'<rect x="{x}" y="{y(r.accuracy):.1f}" width="{bar}" height="{top + height - y(r.accuracy):.1f}" '
             f'fill="{colors[r.method]}"><title>{e(r.method)}: {e(r.label)}</title></rect>'
         )
         lo, hi = y(r.ci_low), y(r.ci_high)
@@ -249,6 +267,10 @@ def _chart(category: str, rows: Sequence[ReportRow], colors: Mapping[str, str]) 
     return "".join(parts)
 
 
+def _title(metric: str) -> str:
+    return "accuracy [95% CI]" if metric == "accuracy" else f"{metric} [95% CI]"
+
+
 def _html_table(table: Table) -> str:
     e = html.escape
     head = "".join(f"<th>{e(c)}</th>" for c in table.columns)
@@ -262,13 +284,15 @@ def _grid(row: ReportRow, max_images: int) -> str:
     figures = []
     for image, caption, ok, note in list(zip(row.images, row.captions, row.passed, row.notes))[:max_images]:
         verdict = '<span class="ok">ok</span>' if ok else f'<span class="fail">no: {e(note)}</span>'
+        verdict = e(note) if ok is None else verdict
         figures.append(
             f'<figure><img src="{_png_uri(image)}" alt="{e(caption)}" width="{GRID_PIXELS}" height="{GRID_PIXELS}">'
             f"<figcaption>{e(caption)}<br>{verdict}</figcaption></figure>"
         )
     shown = min(len(row.images), max_images)
     return (
-        f"<h3>{e(row.method)} / {e(row.category)}: {e(row.label)}, {row.n_prompts} prompts, {row.n_images} images "
+        f"<h3>{e(row.method)} / {e(row.category)}: {e(row.metric)} {e(row.label)}, {row.n_prompts} prompts, "
+        f"{row.n_images} images "
         f'<span class="note">(showing {shown})</span></h3><div class="grid">{"".join(figures)}</div>'
     )
 
@@ -297,21 +321,30 @@ def render_html(
     if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 0:
         raise ValueError(f"`max_images` is {max_images!r}; pass an int >= 0.")
     e = html.escape
-    methods, categories = _ordered(r.method for r in rows), _ordered(r.category for r in rows)
+    methods = _ordered(r.method for r in rows)
     colors = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(methods)}
     legend = " ".join(f'<span style="color:{colors[m]}">&#9632;</span> {e(m)}' for m in methods)
-    charts = "".join(_chart(c, [r for r in rows if r.category == c], colors) for c in categories)
     listed = ""
     if settings:
         items = "".join(f"<tr><th>{e(str(k))}</th><td>{e(json.dumps(v))}</td></tr>" for k, v in settings.items())
         listed = f"<h2>Settings</h2><table>{items}</table>"
-    grids = "".join(_grid(r, max_images) for m in methods for r in rows if r.method == m)
+    metrics = _ordered(r.metric for r in rows)
+    sections = []
+    for metric in metrics:
+        of = [r for r in rows if r.metric == metric]
+        charts = "".join(
+            _chart(c, [r for r in of if r.category == c], colors) for c in _ordered(r.category for r in of)
+        )
+        name = "Accuracy" if metric == "accuracy" else metric
+        sections.append(
+            f'<h2>{e(name)} per category</h2><p class="note">Bars: {e(metric)}; whiskers: confidence interval. '
+            f'{legend}</p><div class="charts">{charts}</div>{_html_table(accuracy_table(of, _title(metric)))}'
+        )
+    grids = "".join(_grid(r, max_images) for m in methods for r in rows if r.method == m and r.metric == metrics[0])
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
         f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>"
-        f'<h2>Accuracy per category</h2><p class="note">Bars: accuracy; whiskers: confidence interval. {legend}</p>'
-        f'<div class="charts">{charts}</div>'
-        f"{_html_table(accuracy_table(rows))}{''.join(_html_table(t) for t in tables)}"
+        f"{''.join(sections)}{''.join(_html_table(t) for t in tables)}"
         f"<h2>Images</h2>{grids}{listed}</body></html>\n"
     )
 

@@ -65,8 +65,13 @@ def _pooled(sums: np.ndarray, sizes: np.ndarray, axis: int = -1) -> np.ndarray:
     return sums.sum(axis=axis) / sizes.sum(axis=axis)
 
 
-def _outcomes(name: str, values) -> np.ndarray:
+def _outcomes(name: str, values, binary: bool = True) -> np.ndarray:
+    """`values` as int64 0 / 1 outcomes (`binary`) or float64 finite scores, checked."""
     x = np.asarray(values)
+    if not binary:
+        if x.ndim != 1 or x.size == 0 or x.dtype.kind not in "biuf" or not np.isfinite(x).all():
+            raise ValueError(f"`{name}` is {x.shape} {x.dtype}; pass a non-empty 1-d sequence of finite numbers.")
+        return x.astype(np.float64)
     if x.ndim != 1 or x.size == 0:
         raise ValueError(f"`{name}` has shape {x.shape}; pass a non-empty 1-d sequence of 0 / 1 outcomes.")
     if x.dtype.kind not in "biuf" or not np.isin(x, (0, 1)).all():
@@ -115,8 +120,9 @@ def bootstrap_ci(
     n_resamples: int = 9999,
     seed: int = 0,
     groups: Sequence | np.ndarray | None = None,
+    binary: bool = True,
 ) -> Interval:
-    """Percentile bootstrap confidence interval of an accuracy, resampling `groups` when given.
+    """Percentile bootstrap confidence interval of an accuracy (or a mean score), resampling `groups` when given.
 
     Args:
         successes (Sequence[bool | int] | np.ndarray): `(n,)` outcomes, each 0 / 1 or False / True, n >= 1.
@@ -125,6 +131,8 @@ def bootstrap_ci(
         seed (int): seed of the resampling; same inputs and seed, same interval. Default 0.
         groups (Sequence | np.ndarray | None): `(n,)` hashable labels (e.g. prompt indices); observations with the
             same label are resampled together. None: each observation alone. Default None.
+        binary (bool): the values are 0 / 1 outcomes; False: any finite scores (e.g. CLIP scores), whose mean is
+            estimated the same way. Default True.
 
     Returns:
         Interval: estimate (successes / n), low, high, n, n_groups, level.
@@ -137,10 +145,10 @@ def bootstrap_ci(
         >>> bootstrap_ci([1, 0] * 5)  # 5 of 10: the 2.5th and 97.5th percentiles of Binomial(10, 0.5) / 10
         Interval(estimate=0.5, low=0.2, high=0.8, n=10, n_groups=10, level=0.95)
     """
-    x = _outcomes("successes", successes)
+    x = _outcomes("successes", successes, binary)
     _check_level(level, n_resamples)
     inverse = _group_index(groups, x.shape)
-    sums = np.bincount(inverse, weights=x).astype(np.int64)  # (G,) successes per group
+    sums = np.bincount(inverse, weights=x).astype(x.dtype)  # (G,) successes (or summed scores) per group
     sizes = np.bincount(inverse).astype(np.int64)  # (G,) observations per group
     estimate = float(x.sum() / x.size)
     point = Interval(estimate, estimate, estimate, int(x.size), int(sizes.size), float(level))
@@ -161,13 +169,16 @@ def paired_difference_ci(
     n_resamples: int = 9999,
     seed: int = 0,
     groups: Sequence | np.ndarray | None = None,
+    binary: bool = True,
 ) -> Interval:
-    """Percentile bootstrap confidence interval of accuracy(a) - accuracy(b), outcomes of the same observations.
+    """Percentile bootstrap confidence interval of accuracy(a) - accuracy(b), outcomes of the same observations
+    (or of mean(a) - mean(b), scores of the same observations, with `binary=False`).
 
     Args:
         a, b (Sequence[bool | int] | np.ndarray): `(n,)` outcomes 0 / 1 of two methods; `a[i]` and `b[i]` judge the
             same prompt and seed.
-        level, n_resamples, seed, groups: as in `bootstrap_ci`; a resampled group brings both methods' outcomes.
+        level, n_resamples, seed, groups, binary: as in `bootstrap_ci`; a resampled group brings both methods'
+            outcomes.
 
     Returns:
         Interval: estimate (mean(a) - mean(b), in [-1, 1]), low, high, n, n_groups, level.
@@ -176,12 +187,12 @@ def paired_difference_ci(
         >>> paired_difference_ci([1, 1, 0, 1], [0, 1, 0, 1], groups=[0, 0, 1, 1]).estimate
         0.25
     """
-    x, y = _outcomes("a", a), _outcomes("b", b)
+    x, y = _outcomes("a", a, binary), _outcomes("b", b, binary)
     if x.shape != y.shape:
         raise ValueError(f"`a` has {x.size} outcomes and `b` {y.size}; pass outcomes of the same observations.")
     _check_level(level, n_resamples)
     inverse = _group_index(groups, x.shape)
-    sums_a, sums_b = (np.bincount(inverse, weights=v).astype(np.int64) for v in (x, y))
+    sums_a, sums_b = (np.bincount(inverse, weights=v).astype(x.dtype) for v in (x, y))
     sizes = np.bincount(inverse).astype(np.int64)
     estimate = float((x.sum() - y.sum()) / x.size)
     diff = sums_a - sums_b

@@ -1,9 +1,11 @@
-"""An evaluation suite: the prompts to draw, how many images each, their seeds, and the judge that counts them.
+"""An evaluation suite: the prompts to draw, how many images each, their seeds, and what scores the images.
 
 - `Prompt(text, category, split, group)`: a prompt, the category and split it is reported under, and the group it
   is resampled with by the bootstrap (None: the prompt alone; images of one prompt are always resampled together).
-- `Suite(name, prompts, judge, images_per_prompt, seed)`: image k of prompt p is drawn with seed
-  `image_seed(seed, p.text, k)` (`sampling.seeds`, the seeds of `discadapt generate` too), by every method.
+- `Suite(name, prompts, judge, images_per_prompt, seed, metrics=...)`: image k of prompt p is drawn with seed
+  `image_seed(seed, p.text, k)` (`sampling.seeds`, the seeds of `discadapt generate` too), by every method. The
+  judge (a `scorers.Judge`, or None) gives each image a verdict, counted as accuracy; the metrics (`scorers.Scorer`s,
+  e.g. the evaluators of `discadapt.evaluators`) give each image a score, reported as means.
 
 A world supplies its suites (the shapes world: `worlds/shapes/suite.py`, its held-out prompts and its oracle as the
 judge) and registers them (`plugins.Registry.add_suite`); `bench.run_suite` runs methods on one.
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..sampling.seeds import image_seed
-from ..scorers import Judge
+from ..scorers import Judge, Scorer
 
 __all__ = ["Prompt", "Suite"]
 
@@ -62,23 +64,26 @@ class Suite:
     Args:
         name (str): the suite's name (reports, the run manifest).
         prompts (Sequence[Prompt]): the prompts, >= 1, in report order.
-        judge (Judge): gives each image its verdict (`scorers.Judge`).
+        judge (Judge | None): gives each image its verdict (`scorers.Judge`); None: no verdicts, only `metrics`.
         images_per_prompt (int): images drawn per prompt, >= 1. Default 1.
         seed (int): seed of the images' noise (and of the bootstrap), >= 0. Default 0.
         min_image_size (int): the smallest image side the judge reads, >= 1; a method returning smaller images is
             refused. Default 1.
+        metrics (Sequence[Scorer]): scorers of every (image, prompt) pair (`name`, `score(images, prompts) -> (N,)`,
+            optionally `model`), with distinct names. Default none.
 
     Raises:
-        ValueError: no prompts, something other than `Prompt`s, a judge without `judge(images, prompts)`, or counts
-            below their minimum.
+        ValueError: no prompts, something other than `Prompt`s, a judge without `judge(images, prompts)`, neither a
+            judge nor metrics, a metric that is no `Scorer` or repeats a name, or counts below their minimum.
     """
 
     name: str
     prompts: Sequence[Prompt]
-    judge: Judge
+    judge: Judge | None
     images_per_prompt: int = 1
     seed: int = 0
     min_image_size: int = 1
+    metrics: Sequence[Scorer] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -87,14 +92,29 @@ class Suite:
         for p in self.prompts:
             if not isinstance(p, Prompt):
                 raise ValueError(f"`prompts` holds {p!r}; pass bench.Prompt objects, e.g. Prompt('a red circle').")
-        if not isinstance(self.judge, Judge):
-            raise ValueError(
-                f"`judge` is a {type(self.judge).__name__}; pass a scorers.Judge (name, judge(images, prompts)), "
-                "e.g. scorers.FunctionJudge(name, fn)."
-            )
+        self._check_scoring()
         object.__setattr__(self, "images_per_prompt", _count("images_per_prompt", self.images_per_prompt, 1))
         object.__setattr__(self, "seed", _count("seed", self.seed, 0))
         object.__setattr__(self, "min_image_size", _count("min_image_size", self.min_image_size, 1))
+
+    def _check_scoring(self) -> None:
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        for m in self.metrics:
+            if not isinstance(m, Scorer):
+                raise ValueError(
+                    f"`metrics` holds a {type(m).__name__}; pass scorers.Scorer objects (name, score(images, prompts)),"
+                    " e.g. evaluators.CLIPScorer.from_pretrained(path)."
+                )
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"`metrics` are named {names}; give each metric its own name.")
+        if self.judge is None and not self.metrics:
+            raise ValueError("The suite has no `judge` and no `metrics`; pass a scorers.Judge or one or more metrics.")
+        if self.judge is not None and not isinstance(self.judge, Judge):
+            raise ValueError(
+                f"`judge` is a {type(self.judge).__name__}; pass a scorers.Judge (name, judge(images, prompts)), "
+                "e.g. scorers.FunctionJudge(name, fn), or None."
+            )
 
     @property
     def categories(self) -> list[str]:
@@ -122,12 +142,15 @@ class Suite:
         return np.array([of_prompt[i] for i, _ in self.jobs()], dtype=np.int64)
 
     def config(self) -> dict:
-        """JSON-ready identity of the suite (the run manifest compares it): name, judge, prompts, counts, seed."""
+        """JSON-ready identity of the suite (the run manifest compares it): name, judge, prompts, counts, seed, and
+        the metrics' names and models (where there are any)."""
+        metrics = {"metrics": [[m.name, str(getattr(m, "model", m.name))] for m in self.metrics]}
         return {
             "suite": self.name,
-            "judge": self.judge.name,
+            "judge": None if self.judge is None else self.judge.name,
             "images_per_prompt": self.images_per_prompt,
             "seed": self.seed,
             "min_image_size": self.min_image_size,
             "prompts": [[p.text, p.category, p.split, p.group] for p in self.prompts],
+            **(metrics if self.metrics else {}),
         }

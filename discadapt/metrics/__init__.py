@@ -4,6 +4,10 @@ or their groups (prompts) can be drawn from them (`bench.bootstrap_ci`), also af
 - `items.py`: `ItemAccuracy` (per-item booleans), `MultipleChoiceAccuracy` (a positive against its hard negatives:
   right when it scores strictly higher than every negative; the one implementation of that rule is
   `losses.multiple_choice_accuracy`), `JudgeAccuracy` (a judge's verdicts: accuracy and marginal fraction).
+- `scores.py`: `ItemScore` (per-item floats, means per category), `PromptScore` (a `scorers.Scorer`'s scores of
+  generated images: CLIP score, BLIP-VQA, detector checks, aesthetic, adapter ITM, denoising; names its model).
+- `fid.py`: `FID`, torchmetrics' Fréchet inception distance on the user's Inception weights file (torch-fidelity)
+  or any feature module.
 - `discrimination.py`: `DiscriminationAccuracy`, a discriminative adapter's ITM (text side, image side) and REC.
 
 Example:
@@ -16,14 +20,20 @@ Example:
 """
 
 from .discrimination import KINDS, REC_IOU, DiscriminationAccuracy
-from .items import ItemAccuracy, JudgeAccuracy, MultipleChoiceAccuracy, category_code
+from .fid import FID
+from .items import ItemAccuracy, ItemValues, JudgeAccuracy, MultipleChoiceAccuracy, category_code
+from .scores import ItemScore, PromptScore
 
 __all__ = [
     "KINDS",
     "REC_IOU",
+    "FID",
     "DiscriminationAccuracy",
     "ItemAccuracy",
+    "ItemScore",
+    "ItemValues",
     "JudgeAccuracy",
     "MultipleChoiceAccuracy",
+    "PromptScore",
     "category_code",
 ]

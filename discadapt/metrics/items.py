@@ -59,26 +59,16 @@ def _bools(name: str, values, n: int | None = None) -> torch.Tensor:
     return x.to(torch.long)
 
 
-class ItemAccuracy(Metric):
-    """Accuracy over items, keeping each item's outcome, category and group (see the module docstring).
+class ItemValues(Metric):
+    """Base of the metrics that keep every item: its value, category and group (see the module docstring).
 
-    Args:
-        categories (Sequence[str] | None): the categories `compute` reports, in order; None: every category met,
-            sorted by name. Default None.
-        **kwargs: torchmetrics `Metric` options (e.g. `process_group`).
-
-    `update(correct, categories=None, groups=None)`: `correct` `(n,)` booleans; `categories` n names (or None);
-    `groups` n ints >= 0 (items of a group are resampled together by the bootstrap), None: each item alone.
-
-    Example:
-        >>> metric = ItemAccuracy(["a"])
-        >>> metric.update(torch.tensor([True, False, True]), categories=["a", "a", "b"])
-        >>> metric.compute()
-        {'all': 0.6666666666666666, 'a': 0.5}
+    Subclasses name the value state (`_VALUE`, "correct" for accuracies, "score" for scores) and add items with
+    `_add(values, categories, groups)`.
     """
 
     full_state_update = False
     higher_is_better = True
+    _VALUE = "correct"
 
     def __init__(self, categories: Sequence[str] | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -87,7 +77,7 @@ class ItemAccuracy(Metric):
         self.categories = None if categories is None else tuple(categories)
         self._names = {category_code(c): c for c in self.categories or ()}
         self._met: set[str] = set()  # category names this process has met
-        for name in ("correct", "category", "group"):
+        for name in (self._VALUE, "category", "group"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def _labels(self, categories, groups, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,9 +96,9 @@ class ItemAccuracy(Metric):
             raise ValueError(f"`groups` is {groups!r}; pass {n} ints >= 0, one per item, or None.")
         return codes, group.to(torch.long)
 
-    def _add(self, correct: torch.Tensor, categories, groups) -> None:
-        codes, group = self._labels(categories, groups, len(correct))
-        self.correct.append(correct.to(self.device))
+    def _add(self, values: torch.Tensor, categories, groups) -> None:
+        codes, group = self._labels(categories, groups, len(values))
+        getattr(self, self._VALUE).append(values.to(self.device))
         self.category.append(codes.to(self.device))
         self.group.append(group.to(self.device))
 
@@ -122,10 +112,6 @@ class ItemAccuracy(Metric):
             raise ValueError(f"`categories` is {categories!r}; pass a list of names, e.g. [{categories!r}].")
         self.categories = tuple(categories)
         self._names.update({category_code(c): c for c in self.categories})
-
-    def update(self, correct, categories: Sequence[str | None] | None = None, groups=None) -> None:
-        """Add `(n,)` outcomes with their categories and groups (see the class docstring)."""
-        self._add(_bools("correct", correct), categories, groups)
 
     def _state(self, name: str) -> np.ndarray:
         value = getattr(self, name)
@@ -150,8 +136,12 @@ class ItemAccuracy(Metric):
         group = states["group"].copy()
         alone = group == _NONE
         group[alone] = -2 - np.flatnonzero(alone)  # one group each, distinct from every label >= 0
-        out = {name: value.astype(bool) for name, value in states.items() if name not in ("category", "group")}
+        out = {name: self._cast(value) for name, value in states.items() if name not in ("category", "group")}
         return {**out, "group": group, "category": self._names_of(states["category"])}
+
+    @staticmethod
+    def _cast(values: np.ndarray) -> np.ndarray:
+        return values.astype(bool)
 
     @staticmethod
     def _mean(values: np.ndarray) -> float | None:
@@ -159,8 +149,31 @@ class ItemAccuracy(Metric):
 
     def compute(self) -> dict[str, float | None]:
         """`{"all": accuracy, category: accuracy, ...}`; None where no item was counted."""
-        correct, names = self._state("correct").astype(bool), self._names_of(self._state("category"))
-        return {"all": self._mean(correct), **{c: self._mean(correct[names == c]) for c in self._reported(names)}}
+        values, names = self._cast(self._state(self._VALUE)), self._names_of(self._state("category"))
+        return {"all": self._mean(values), **{c: self._mean(values[names == c]) for c in self._reported(names)}}
+
+
+class ItemAccuracy(ItemValues):
+    """Accuracy over items, keeping each item's outcome, category and group (see the module docstring).
+
+    Args:
+        categories (Sequence[str] | None): the categories `compute` reports, in order; None: every category met,
+            sorted by name. Default None.
+        **kwargs: torchmetrics `Metric` options (e.g. `process_group`).
+
+    `update(correct, categories=None, groups=None)`: `correct` `(n,)` booleans; `categories` n names (or None);
+    `groups` n ints >= 0 (items of a group are resampled together by the bootstrap), None: each item alone.
+
+    Example:
+        >>> metric = ItemAccuracy(["a"])
+        >>> metric.update(torch.tensor([True, False, True]), categories=["a", "a", "b"])
+        >>> metric.compute()
+        {'all': 0.6666666666666666, 'a': 0.5}
+    """
+
+    def update(self, correct, categories: Sequence[str | None] | None = None, groups=None) -> None:
+        """Add `(n,)` outcomes with their categories and groups (see the class docstring)."""
+        self._add(_bools("correct", correct), categories, groups)
 
 
 class MultipleChoiceAccuracy(ItemAccuracy):

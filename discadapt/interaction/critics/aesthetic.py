@@ -1,12 +1,5 @@
-"""A LAION-style aesthetic critic: a small linear head on a CLIP's L2-normalised image embedding; prompts are ignored.
-
-The head is LAION's improved aesthetic predictor's architecture (five linear layers, D -> 1024 -> 128 -> 64 -> 16
--> 1 with dropout between the first four and no activation, D the CLIP's projection width, 768 for ViT-L/14), with
-the same parameter names (`layers.0`, `layers.2`, `layers.4`, `layers.6`, `layers.7`), so its released
-ViT-L/14 weights load once converted to safetensors:
-
-    state = torch.load("sac+logos+ava1-l14-linearMSE.pth", weights_only=True)
-    safetensors.torch.save_file(state, "aesthetic.safetensors")
+"""A LAION-style aesthetic critic: the aesthetic evaluator (`evaluators.aesthetic`, a linear head on a CLIP's
+L2-normalised image embedding; prompts are ignored) with the planned-layout suggestions of `base.LayoutCritic`.
 
 Example:
     >>> critic = AestheticCritic("/models/clip-vit-large-patch14", "/models/aesthetic.safetensors")
@@ -15,53 +8,16 @@ Example:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-from pathlib import Path
-
 import torch
-from torch import nn
 
-from .base import LayoutCritic, check_pairs
-from .clip import CLIP_SOURCE, CLIPCritic, require_folder
+from ...evaluators.aesthetic import AestheticHead, AestheticScorer
+from .base import LayoutCritic
 
 __all__ = ["AestheticCritic", "AestheticHead"]
 
-HEAD_SOURCE = (
-    "LAION's improved aesthetic predictor (github.com/christophschuhmann/improved-aesthetic-predictor, "
-    "sac+logos+ava1-l14-linearMSE.pth for ViT-L/14), converted with safetensors.torch.save_file(torch.load(pth, "
-    "weights_only=True), '{path}')"
-)
 
-
-class AestheticHead(nn.Module):
-    """Linear layers `dim -> 1024 -> 128 -> 64 -> 16 -> 1` with dropout (0.2, 0.2, 0.1) after the first three.
-
-    Args:
-        dim (int): width of the CLIP image embedding. Default 768 (ViT-L/14).
-
-    Shapes: `(N, dim)` L2-normalised embeddings -> `(N,)` ratings.
-    """
-
-    def __init__(self, dim: int = 768):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(dim, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
-
-    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
-        return self.layers(embeds).squeeze(-1)
-
-
-class AestheticCritic(LayoutCritic):
-    """LAION-style aesthetic ratings of images (see the module docstring); suggests planned layouts.
+class AestheticCritic(LayoutCritic, AestheticScorer):
+    """LAION-style aesthetic ratings of images (`evaluators.AestheticScorer`); suggests planned layouts.
 
     Args:
         clip_path (str | PathLike): a transformers CLIP folder (openai/clip-vit-large-patch14 for LAION's head).
@@ -70,6 +26,7 @@ class AestheticCritic(LayoutCritic):
         batch_size (int): images per forward pass. Default 32.
         layout (bool): suggest planned layouts. Default True.
         name (str): default "aesthetic".
+        dtype (torch.dtype): the precision of the CLIP and the head. Default float32.
 
     Raises:
         FileNotFoundError: no CLIP folder or head file (names the path and where such weights come from).
@@ -84,34 +41,9 @@ class AestheticCritic(LayoutCritic):
         batch_size: int = 32,
         layout: bool = True,
         name: str = "aesthetic",
+        dtype: torch.dtype = torch.float32,
     ):
-        from safetensors.torch import load_file
-
-        head_file = Path(os.fspath(head_path))
-        require_folder(clip_path, CLIP_SOURCE)  # both paths are checked before anything loads
-        if not head_file.is_file():
-            raise FileNotFoundError(
-                f"No aesthetic head at {head_file}; it comes from {HEAD_SOURCE.format(path=head_file)}."
-            )
-        self.clip = CLIPCritic.from_pretrained(clip_path, device=device, batch_size=batch_size)
-        dim = self.clip.model.config.projection_dim
-        self.head = AestheticHead(dim)
-        state = load_file(head_file)
-        expected = {k: tuple(v.shape) for k, v in self.head.state_dict().items()}
-        found = {k: tuple(v.shape) for k, v in state.items()}
-        if found != expected:
-            diff = sorted(set(found.items()) ^ set(expected.items()))[:4]
-            raise ValueError(
-                f"{head_file} does not fit an aesthetic head on this CLIP (projection width {dim}): parameters differ "
-                f"at {diff}; pass the head trained on this CLIP's embeddings."
-            )
-        self.head.load_state_dict(state)
-        self.head.to(device).eval()
-        self.layout, self.name = bool(layout), name
-
-    @torch.no_grad()
-    def score(self, images, prompts: Sequence[str]) -> torch.Tensor:
-        """`(N,)` float32 ratings of the images (prompts only checked for their count)."""
-        check_pairs(images, prompts)
-        param = next(self.head.parameters())
-        return self.head(self.clip.image_embeds(images).to(param.device, param.dtype)).float().cpu()
+        AestheticScorer.__init__(
+            self, clip_path, head_path, device=device, batch_size=batch_size, name=name, dtype=dtype
+        )
+        self.layout = bool(layout)

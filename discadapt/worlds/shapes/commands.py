@@ -127,22 +127,7 @@ def _bundle(args) -> int:
 def add_commands(subparsers) -> None:
     """Register `demo`, `world train` and `world bundle` on an argparse `subparsers` object."""
     d = subparsers.add_parser("demo", help="the shapes world's held-out prompts judged by its oracle, with a report")
-    d.add_argument("--quick", action="store_true", help="small settings: 8 prompts per category, 2 images each")
-    d.add_argument("--out", default="demo-out", help="output folder: results.json, report.html (default demo-out)")
-    d.add_argument("--categories", nargs="+", help="caption categories (default all)")
-    d.add_argument("--n-prompts", type=int_at_least(1), help="prompts per category (default 40, quick 8)")
-    d.add_argument("--images-per-prompt", type=int_at_least(1), help="images per prompt (default 5, quick 2)")
-    d.add_argument("--steps", type=int_at_least(1), help="DDIM steps (default 25)")
-    d.add_argument("--guidance", type=number_at_least(0), default=4.0, help="classifier-free guidance scale")
-    d.add_argument("--seed", type=int_at_least(0), default=0, help="seed of prompts, noise and bootstrap")
-    d.add_argument("--device", default="cpu")
-    d.add_argument("--pipeline", help="local diffusers pipeline folder (default: the bundled shapes world)")
-    d.add_argument("--prompts", help="prompt file, one caption of the shapes grammar a line (instead of drawn ones)")
-    d.add_argument("--batch-size", type=int_at_least(1), default=50, help="images per pipeline call")
-    d.add_argument("--no-progress", action="store_true", help="no progress bar")
-    d.add_argument("--no-probing", action="store_true", help="skip the hard-negative image-text matching table")
-    d.add_argument("--no-correction", action="store_true", help="skip the self-correction rows (bundled adapter)")
-    d.add_argument("--restart", action="store_true", help="discard an earlier demo in --out instead of continuing it")
+    add_demo_arguments(d)
     d.set_defaults(func=_demo)
 
     world = subparsers.add_parser("world", help="retrain and bundle the shapes world's models")
@@ -169,3 +154,32 @@ def add_commands(subparsers) -> None:
     bundle.add_argument("--rounds", type=int_at_least(1), default=None, help="with --augment: bundle rounds 1..K")
     bundle.add_argument("--dest", default=None, help="weights root (default: the package's weights/ folder)")
     bundle.set_defaults(func=_bundle)
+
+
+def add_demo_arguments(d) -> None:
+    """The options of `discadapt demo` (and of `discadapt bench run --suite shapes`) on parser `d`."""
+    d.add_argument("--quick", action="store_true", help="small settings: 8 prompts per category, 2 images each")
+    d.add_argument("--out", default="demo-out", help="output folder: results.json, report.html (default demo-out)")
+    d.add_argument("--categories", nargs="+", help="caption categories (default all)")
+    d.add_argument("--n-prompts", type=int_at_least(1), help="prompts per category (default 40, quick 8)")
+    d.add_argument("--images-per-prompt", type=int_at_least(1), help="images per prompt (default 5, quick 2)")
+    d.add_argument("--steps", type=int_at_least(1), help="DDIM steps (default 25)")
+    d.add_argument("--guidance", type=number_at_least(0), default=4.0, help="classifier-free guidance scale")
+    d.add_argument("--seed", type=int_at_least(0), default=0, help="seed of prompts, noise and bootstrap")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--pipeline", help="local diffusers pipeline folder (default: the bundled shapes world)")
+    d.add_argument("--prompts", help="prompt file, one caption of the shapes grammar a line (instead of drawn ones)")
+    d.add_argument("--batch-size", type=int_at_least(1), default=50, help="images per pipeline call")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.add_argument("--no-probing", action="store_true", help="skip the hard-negative image-text matching table")
+    d.add_argument("--no-correction", action="store_true", help="skip the self-correction rows (bundled adapter)")
+    d.add_argument("--restart", action="store_true", help="discard an earlier demo in --out instead of continuing it")
+
+
+def run_bench(argv: list[str]) -> int:
+    """`discadapt bench run --suite shapes [options]`: `discadapt demo` with the options `argv` (the same numbers)."""
+    from ...arguments import Parser
+
+    parser = Parser(prog="discadapt bench run --suite shapes", description="the shapes world's demo as a bench suite")
+    add_demo_arguments(parser)
+    return _demo(parser.parse_args(argv))

@@ -10,7 +10,7 @@ It registers:
   interaction loop through `interaction.critics.critic_from_name("world CLIP")`;
 - the judge "shapes oracle" (`suite.OracleJudge`), for evaluation only;
 - the suite "shapes" (`suite.shapes_suite`: held-out prompts per category, the oracle as judge), which `discadapt
-  demo` runs.
+  demo` runs, and its runner: `discadapt bench run --suite shapes [demo options]` is `discadapt demo`.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _suite(**options):
 
 def register(registry: Registry) -> None:
     """Register the shapes world (see the module docstring)."""
-    from .commands import add_commands
+    from .commands import add_commands, run_bench
 
     registry.add_source("world", "the bundled shapes-world pipeline", _load_pipeline)
     registry.add_command(add_commands)
@@ -99,3 +99,4 @@ def register(registry: Registry) -> None:
     registry.add_scorer("world CLIP", _clip_scorer)
     registry.add_judge("shapes oracle", _oracle_judge)
     registry.add_suite("shapes", _suite)
+    registry.add_runner("shapes", run_bench)

@@ -3,7 +3,10 @@
 `tiny_sd_pipeline` and `tiny_sdxl_pipeline` build complete, seeded diffusers pipelines in about a second,
 with the real CLIP tokenizer (`discadapt.clip_tokenizer`) and random weights. `unet_config` returns the
 real UNet configs of Stable Diffusion 1.5, 2.1 and SDXL, so the probe and the adapter can be checked on
-the real channel widths and block layouts without downloading any weights.
+the real channel widths and block layouts without downloading any weights. `tiny_clip_folder`,
+`tiny_aesthetic_head_file`, `tiny_blip_vqa_folder`, `tiny_owlv2_folder` and `tiny_owlvit_folder`
+(`testing_evaluators.py`) write tiny random evaluator models to folders, for `discadapt.evaluators` and
+`bench run --metric`.
 
 Example:
     >>> from discadapt.testing import tiny_sd_pipeline
@@ -26,6 +29,13 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from .testing_evaluators import (
+    tiny_aesthetic_head_file,
+    tiny_blip_vqa_folder,
+    tiny_clip_folder,
+    tiny_owlv2_folder,
+    tiny_owlvit_folder,
+)
 from .tokenizer import clip_tokenizer
 
 __all__ = [
@@ -36,6 +46,11 @@ __all__ = [
     "sdxl_pipeline",
     "tiny_sd_pipeline",
     "tiny_sdxl_pipeline",
+    "tiny_aesthetic_head_file",
+    "tiny_blip_vqa_folder",
+    "tiny_clip_folder",
+    "tiny_owlv2_folder",
+    "tiny_owlvit_folder",
 ]
 
 # Architecture fields of the published UNet configs (stable-diffusion-v1-5, stable-diffusion-2-1,

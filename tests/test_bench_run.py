@@ -268,3 +268,45 @@ def test_bench_suite_shapes_is_the_demo(tmp_path):
     bench = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert _without_timing(bench) == _without_timing(demo)
     assert len(demo["methods"]) > 1  # the bundled rows too
+
+
+def test_bench_discriminate_reports_itm_and_rec_with_intervals(tmp_path, capsys):
+    from discadapt.adapter import DiscriminativeAdapter
+    from discadapt.bench.discriminate import accuracy_rows
+    from discadapt.testing import tiny_sd_pipeline
+
+    torch.manual_seed(0)
+    DiscriminativeAdapter.for_pipeline(tiny_sd_pipeline(), hidden_size=32, num_heads=2).save_pretrained(tmp_path / "a")
+    args = ["bench", "discriminate", "--tiny", "--adapter", str(tmp_path / "a"), "--shapes", "10", "--limit", "6"]
+    assert main([*args, "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "discrimination accuracy [95% CI over items]" in capsys.readouterr().out
+    found = json.loads((tmp_path / "out" / "results.json").read_text())["accuracy"]
+    assert found["all"]["itm_text"]["n"] == 6 and 0 <= found["all"]["itm_text"]["accuracy"] <= 1
+    rows = accuracy_rows({"all": {"itm_text": 0.5, "n_itm_text": 10, "itm_image": None, "n_itm_image": 0}})
+    ci = bootstrap_ci([1] * 5 + [0] * 5)
+    assert rows == {"all": {"itm_text": {"accuracy": 0.5, "ci_low": ci.low, "ci_high": ci.high, "n": 10}}}
+    assert main(["bench", "discriminate", "--tiny", "--adapter", str(tmp_path / "nope"), "--shapes", "4",
+                 "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "nope" in capsys.readouterr().err
+
+
+def test_bench_run_adapter_metric(tmp_path):
+    from discadapt.adapter import DiscriminativeAdapter
+    from discadapt.testing import tiny_sd_pipeline
+
+    torch.manual_seed(0)
+    DiscriminativeAdapter.for_pipeline(tiny_sd_pipeline(), hidden_size=32, num_heads=2).save_pretrained(tmp_path / "a")
+    assert _bench(_prompts(tmp_path), tmp_path / "out", "--metric", f"adapter={tmp_path / 'a'}") == 0
+    found = json.loads((tmp_path / "out" / "results.json").read_text())["methods"]["base"]["metrics"]
+    assert list(found) == ["denoising score", "adapter ITM"]
+    assert found["adapter ITM"]["model"] == f"adapter at {tmp_path / 'a'}"
+
+
+@pytest.mark.parametrize("script", ["compbench_self_correction.py", "probe_coco_negatives.py"])
+def test_examples_run_on_the_tiny_pipeline(script, tmp_path):
+    path = Path(__file__).resolve().parents[1] / "examples" / script
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(path), "--tiny", "--out", str(tmp_path / "out")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "wrote" in done.stdout

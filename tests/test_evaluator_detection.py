@@ -12,6 +12,7 @@ from discadapt.evaluators.detection import DetectionScorer, box_iou, dedupe, pix
 from discadapt.evaluators.detection_spec import ObjectSpec, PromptSpec, object_spec, plural, singular
 from discadapt.evaluators.detector import Detection, TransformersDetector
 from discadapt.scorers import FunctionScorer, Judge, Judgement, Scorer
+from discadapt.testing import tiny_owlv2_folder, tiny_owlvit_folder
 
 COMPBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts" / "t2i-compbench"
 Obj = ObjectSpec
@@ -288,48 +289,6 @@ def _clip_detector():
 IMAGES = [PIL.Image.fromarray(np.random.RandomState(i).randint(0, 256, (48, 64, 3), np.uint8)) for i in range(2)]
 
 
-def _owl(kind: str, folder: Path) -> Path:
-    from transformers import (
-        Owlv2Config,
-        Owlv2ForObjectDetection,
-        Owlv2Processor,
-        OwlViTConfig,
-        OwlViTForObjectDetection,
-        OwlViTProcessor,
-    )
-    from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
-    from transformers.models.owlvit.image_processing_pil_owlvit import OwlViTImageProcessorPil
-
-    from discadapt import clip_tokenizer
-
-    text = dict(
-        vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=16,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=0,
-    )
-    vision = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16
-    )
-    torch.manual_seed(0)
-    size = {"height": 64, "width": 64}
-    if kind == "owlv2":
-        model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
-        processor = Owlv2Processor(Owlv2ImageProcessorPil(size=size), clip_tokenizer(model_max_length=16))
-    else:
-        model = OwlViTForObjectDetection(OwlViTConfig(text_config=text, vision_config=vision, projection_dim=32))
-        image_processor = OwlViTImageProcessorPil(size=size, crop_size=size)
-        processor = OwlViTProcessor(image_processor, clip_tokenizer(model_max_length=16))
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
 def _detr(folder: Path) -> Path:
     from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
     from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
@@ -394,7 +353,7 @@ def _check_against_raw(folder, raw, names, prompts):
 
 @pytest.mark.parametrize("kind", ["owlv2", "owlvit"])
 def test_tiny_owl_end_to_end(kind, tmp_path):
-    folder = _owl(kind, tmp_path / kind)
+    folder = (tiny_owlv2_folder if kind == "owlv2" else tiny_owlvit_folder)(tmp_path / kind, seed=0)
     square = [(64, 64)] * 2 if kind == "owlv2" else [(48, 64)] * 2  # OWLv2 pads to a square; OWL-ViT stretches
     raw = _raw(folder, ["dog", "cat"], square)
     scorer, verdicts = _check_against_raw(folder, raw, {0: "dog", 1: "cat"}, ["a dog and a cat", "two cats and a dog"])

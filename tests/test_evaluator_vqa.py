@@ -9,12 +9,9 @@ import pytest
 import torch
 
 from discadapt.evaluators.vqa import BLIPVQAScorer, noun_phrases
+from discadapt.testing import tiny_blip_vqa_folder
 
 COMPBENCH = Path("/work/shared/data/prompts/t2i-compbench")
-WORDS = (
-    "[PAD] [UNK] [CLS] [SEP] [MASK] [DEC] yes no ? , . a the green blue red yellow bench bowl book cup cat dog on "
-    "left right of and with near photo".split()
-)
 PROMPTS = ["a green bench and a blue bowl", "a red book on the left of a yellow cup", "a photo of a cat"]
 QUESTIONS = ["a green bench?", "a yellow cup?", "a cat with a red book?"]
 
@@ -70,34 +67,7 @@ def test_noun_phrases_rejects_empty_prompts(prompt):
 # ---- a tiny BLIP-VQA -------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def blip_dir(tmp_path_factory):
-    from transformers import BertTokenizer, BlipConfig, BlipForQuestionAnswering, BlipImageProcessor, BlipProcessor
-
-    folder = tmp_path_factory.mktemp("blip_vqa")
-    (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")
-    tokenizer = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]")
-    text = dict(
-        vocab_size=len(WORDS),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=64,
-        bos_token_id=WORDS.index("[DEC]"),
-        sep_token_id=WORDS.index("[SEP]"),
-        pad_token_id=WORDS.index("[PAD]"),
-    )
-    vision = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
-    )
-    model = BlipForQuestionAnswering(BlipConfig(text_config=text, vision_config=vision))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # the default init (vision std 1e-10) answers ~0.5 to everything: spread the matrices out
-        for param in model.parameters():
-            if param.ndim >= 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    model.save_pretrained(folder)
-    BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(folder)
-    return folder
+    return tiny_blip_vqa_folder(tmp_path_factory.mktemp("blip_vqa"), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from discadapt.evaluators import (
     scale_cosine,
 )
 from discadapt.scorers import Scorer
+from discadapt.testing import tiny_aesthetic_head_file, tiny_clip_folder
 
 PROMPTS = ["a red circle", "a green triangle left of a square", "a cat above a dog", "two blue cubes"]
 
@@ -35,23 +36,9 @@ def images():
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    """A random CLIPModel (text and vision width 32, 2 layers, 32 x 32 images in 8 x 8 patches) with the real CLIP
-    vocabulary, saved with its processor."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from discadapt import clip_tokenizer
-
-    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    text = dict(common, vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407)
-    vision = dict(common, image_size=32, patch_size=8)
-    torch.manual_seed(5)  # cosines of both signs on `images`, so the CLIP score's clamp is seen
-    model = CLIPModel(CLIPConfig(text_config=dict(text, pad_token_id=49407), vision_config=vision, projection_dim=16))
-    crop = {"height": 32, "width": 32}
-    processor = CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=crop), clip_tokenizer())
-    folder = tmp_path_factory.mktemp("clip")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    """`tiny_clip_folder`: a random CLIPModel (width 32, 2 layers, 32 x 32 images), seed 5 for cosines of both signs
+    on `images`, so the CLIP score's clamp is seen."""
+    return tiny_clip_folder(tmp_path_factory.mktemp("clip"), seed=5)
 
 
 def _logits(folder, images, prompts):
@@ -147,11 +134,11 @@ def test_clip_scorer_errors_name_the_argument_and_the_fix(clip_dir, tmp_path, im
 
 # ---- AestheticScorer -------------------------------------------------------------------------------------------------
 def test_aesthetic_scorer_is_the_head_on_normalised_clip_embeddings(clip_dir, images, tmp_path):
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
-    torch.manual_seed(1)
+    tiny_aesthetic_head_file(tmp_path / "head.safetensors", clip_dir, seed=1)
     head = AestheticHead(16).eval()
-    save_file(head.state_dict(), tmp_path / "head.safetensors")
+    head.load_state_dict(load_file(tmp_path / "head.safetensors"))
     scorer = AestheticScorer.from_pretrained(clip_dir, head_path=tmp_path / "head.safetensors", batch_size=3)
     assert isinstance(scorer, Scorer) and scorer.name == "aesthetic"
     assert scorer.model == f"AestheticHead {tmp_path / 'head.safetensors'} on CLIPModel at {clip_dir}"

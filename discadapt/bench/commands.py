@@ -5,6 +5,7 @@
     discadapt bench run --suite shapes [demo options]     the shapes world's demo (`discadapt demo`), same numbers
     accelerate launch --num_processes 2 -m discadapt bench run ...   the prompts' batches shared by 2 processes
     discadapt bench compare A/results.json B/results.json  paired differences of the methods two runs share
+    discadapt bench discriminate --pipeline DIR --adapter DIR DATA --out DIR   ITM / REC accuracy (discriminate.py)
 
 `--suite` takes prompt-list files or folders of them (T2I-CompBench `<category>_val.txt`, CC-500, ABC-6K: one
 category per file), a COCO captions JSON, or a suite a plug-in registered with its own methods ("shapes", whose
@@ -24,6 +25,7 @@ import time
 
 from ..arguments import int_at_least, number_at_least
 from ..plugins import add_pipeline_arguments, pipeline_from_args, registry
+from .discriminate import add_command as add_discriminate_command
 
 __all__ = ["METHODS", "add_commands", "compare", "gpu_sized"]
 
@@ -195,6 +197,7 @@ def add_commands(subparsers) -> None:
     r.add_argument("--restart", action="store_true", help="discard an earlier run in --out instead of continuing it")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=run, device_fix=GPU_FIX, extra_options=True)
+    add_discriminate_command(commands)
     c = commands.add_parser("compare", help="paired differences between the methods of two runs' results.json")
     c.add_argument("a", help="the first run's results.json (the reference)")
     c.add_argument("b", help="the second run's results.json")

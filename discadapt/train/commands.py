@@ -27,10 +27,11 @@ from pathlib import Path
 from ..arguments import Parser, run_command
 from ..plugins import add_pipeline_arguments, pipeline_from_args, registry
 
-__all__ = ["add_commands", "main"]
+__all__ = ["add_commands", "add_data_arguments", "datasets_from_args", "main"]
 
 
-def _datasets(args) -> list:
+def datasets_from_args(args) -> list:
+    """The datasets the data flags (`add_data_arguments`) name, and those plug-ins add."""
     from ..data import CaptionedFolder, CocoCaptions, ReferringExpressions
 
     found = []
@@ -64,7 +65,7 @@ def _config(args, stage: str):
     except ValueError as err:
         raise ValueError(
             f"`--adapter-config` is {args.adapter_config!r}, not valid JSON ({err}); pass a JSON object, e.g. "
-            '\'{"hidden_size": 128}\' (quoted for the shell).'
+            "'{\"hidden_size\": 128}' (quoted for the shell)."
         ) from None
     if not isinstance(adapter_config, dict):
         raise ValueError(
@@ -128,7 +129,7 @@ def _run(args, stage: str) -> int:
     from .tune import train_tune
 
     config = _config(args, stage)  # checked before anything is loaded
-    datasets = _datasets(args)
+    datasets = datasets_from_args(args)
     dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
     eval_sets = {name: d for data in registry().training_data for name, d in data.eval_datasets(args).items()}
     pipe = pipeline_from_args(args)
@@ -169,10 +170,9 @@ def tune(args) -> int:
     return _run(args, "tune")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    add_pipeline_arguments(p)
-    p.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, adapter/ (and lora/)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+def add_data_arguments(p: argparse.ArgumentParser):
+    """The data flags (COCO captions with negatives, referring expressions, a captioned folder, plug-ins' data) on
+    `p`, as an argument group."""
     data = p.add_argument_group("data (one or more)")
     data.add_argument("--captions", help="COCO captions JSON (ITM)")
     data.add_argument("--images", help="image folder of --captions")
@@ -180,9 +180,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     data.add_argument("--refs", help="MDETR/RefCOCO referring-expression JSON (REC)")
     data.add_argument("--ref-images", help="image folder of --refs")
     data.add_argument("--folder", help="folder of images with a captions file (ITM with random negatives)")
-    data.add_argument("--eval-timesteps", type=int, nargs="+", help="evaluation timesteps (default T // 2)")
     for plugin in registry().training_data:
         plugin.add_arguments(data)
+    return data
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    add_pipeline_arguments(p)
+    p.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, adapter/ (and lora/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    data = add_data_arguments(p)
+    data.add_argument("--eval-timesteps", type=int, nargs="+", help="evaluation timesteps (default T // 2)")
     opt = p.add_argument_group("training")
     opt.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     opt.add_argument("--batch-size", type=int, default=8, help="samples per process per micro-step (default 8)")

@@ -310,3 +310,56 @@ def test_examples_run_on_the_tiny_pipeline(script, tmp_path):
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "wrote" in done.stdout
+
+
+class _Means(torch.nn.Module):
+    """A feature module for FID: per-channel means and standard deviations (6 features)."""
+
+    num_features = 6
+
+    def forward(self, x):
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+
+def test_fid_table_against_a_direct_computation(tmp_path, capsys):
+    from PIL import Image
+
+    from discadapt.bench.fid_table import fid_table, reference_images
+    from discadapt.metrics import FID
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (8, 6, 3), dtype=np.uint8)).save(tmp_path / f"{i:02d}.png")
+    real = reference_images(tmp_path, 4)
+    assert real.shape == (12, 4, 4, 3) and real.dtype == np.uint8
+
+    def noisy(prompts, seeds):
+        return np.stack([np.random.default_rng(s).integers(0, 256, (4, 4, 3), dtype=np.uint8) for s in seeds])
+
+    suite = Suite("toy", PROMPTS, None, images_per_prompt=3, metrics=METRICS[:1])
+    methods = {"base": _method(0), "noisy": noisy}
+    results = run_suite(
+        suite, methods, tmp_path / "out", progress=False, image_tables=[fid_table(lambda: FID(_Means()), real)]
+    )
+    table = results["tables"][0]
+    assert table["columns"] == ["method", "FID", "images", "reference"]
+    prompts = [suite.prompts[i].text for i, _ in suite.jobs()]
+    for row, fn in zip(table["rows"], methods.values()):
+        direct = FID(_Means())
+        direct.update(torch.from_numpy(real).permute(0, 3, 1, 2).float() / 255, real=True)
+        generated = fn(prompts, suite.seeds())
+        direct.update(torch.from_numpy(generated).permute(0, 3, 1, 2).float() / 255, real=False)
+        assert row[1] == pytest.approx(float(direct.compute()), rel=1e-6) and row[2:] == [12, 12]
+    assert "FID against the reference images" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="holds 0 images"):
+        reference_images(tmp_path / "out", 4)
+
+
+def test_bench_run_fid_flags_fail_before_drawing(tmp_path, capsys):
+    folder = _prompts(tmp_path)
+    assert _bench(folder, tmp_path / "out", "--fid-reference", str(tmp_path)) == 2
+    assert "FID needs both --fid-reference DIR" in capsys.readouterr().err
+    missing = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    assert _bench(folder, tmp_path / "out", "--fid-reference", str(tmp_path), "--fid-weights", str(missing)) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "out" / "batches").exists()

@@ -100,6 +100,17 @@ def _with_lora(pipe, generate, enabled: bool):
     return method
 
 
+def _fid(args):
+    """The FID table of `--fid-reference DIR --fid-weights FILE`, its weights and reference checked now."""
+    from ..metrics import FID
+    from .fid_table import fid_table, reference_images
+
+    if not (args.fid_reference and args.fid_weights):
+        raise ValueError("FID needs both --fid-reference DIR (real images) and --fid-weights FILE (Inception weights).")
+    FID(args.fid_weights)  # the file and torch-fidelity, before any image is drawn
+    return fid_table(lambda: FID(args.fid_weights), reference_images(args.fid_reference, args.fid_size))
+
+
 def _plugin_run(args, rest: list[str]) -> int:
     """`--suite NAME` of a plug-in that runs its own suite (the shapes world: `discadapt demo`), with the options
     given here translated and the rest passed on."""
@@ -133,6 +144,7 @@ def run(args) -> int:
     pipe = None
     metrics = make_metrics(args.metric or [], lambda: pipe, args.device)
     suite = _suite(args, metrics)
+    image_tables = [_fid(args)] if args.fid_reference or args.fid_weights else []
     # 2. the pipeline, refused when it is sized for a GPU this machine lacks
     pipe = pipeline_from_args(args)
     parameters = sum(p.numel() for p in pipe.unet.parameters())
@@ -157,7 +169,8 @@ def run(args) -> int:
                 "adapter": args.adapter, "limit": args.limit}  # fmt: skip
     run_suite(suite, methods, args.out, batch_size=args.batch_size, settings=settings, resume=not args.restart,
               progress=not args.no_progress and state.is_local_main_process, started=started,
-              shard=(state.process_index, state.num_processes), barrier=state.wait_for_everyone)  # fmt: skip
+              shard=(state.process_index, state.num_processes), barrier=state.wait_for_everyone,
+              image_tables=image_tables)  # fmt: skip
     return 0
 
 
@@ -186,6 +199,9 @@ def add_commands(subparsers) -> None:
     r.add_argument("--guidance", type=number_at_least(0), help="classifier-free guidance (default 7.5)")
     r.add_argument("--seed", type=int_at_least(0), help="seed of the images' noise and the bootstrap (default 0)")
     r.add_argument("--batch-size", type=int_at_least(1), help="images per pipeline call (default 8)")
+    r.add_argument("--fid-reference", help="folder of real images: each method's FID against them")
+    r.add_argument("--fid-weights", help="FID Inception weights file (pt_inception-2015-12-05-6726825d.pth)")
+    r.add_argument("--fid-size", type=int_at_least(1), default=299, help="side real images are resized to (299)")
     r.add_argument("--lora", help="LoRA folder of the tuned methods")
     r.add_argument("--adapter", help="discriminative adapter folder of the self-correction methods")
     r.add_argument("--correction-scale", type=number_at_least(0), default=0.5)

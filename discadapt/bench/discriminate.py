@@ -13,7 +13,8 @@ shapes world's `--shapes N`), the first `--limit` items of each. `train.evaluate
 Each accuracy is printed and written to `results.json` per category with its 95% bootstrap interval over items.
 
 Example (the shapes world's held-out scenes):
-    discadapt probe --world --out runs/probe --steps 1500 && discadapt bench discriminate --world --adapter runs/probe/adapter --shapes 200 --out d-out
+    discadapt probe --world --out runs/probe --steps 1500
+    discadapt bench discriminate --world --adapter runs/probe/adapter --shapes 200 --out d-out
 """
 
 from __future__ import annotations

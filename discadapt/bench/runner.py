@@ -40,6 +40,7 @@ import sys
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -512,6 +513,7 @@ def run_suite(
     started: float | None = None,
     shard: tuple[int, int] | None = None,
     barrier: Callable[[], None] = lambda: None,
+    image_tables: Sequence[Callable[[Mapping[str, np.ndarray]], Table]] = (),
 ) -> dict | None:
     """Run `methods` on `suite` (see the module docstring): images, verdicts, statistics, tables and a report.
 
@@ -537,6 +539,8 @@ def run_suite(
             b % number == index; the first merges them. None: one process. Default None.
         barrier (Callable[[], None]): waits for every process (e.g. `PartialState().wait_for_everyone`); called
             after the folder is checked and after the batches are drawn. Default: no-op.
+        image_tables (Sequence[Callable]): functions `images -> Table` of every method's images (`{name: (N, S, S,
+            3) uint8}`), e.g. `bench.fid_table.fid_table` (FID against real images); after `tables`. Default none.
 
     Returns:
         dict | None: the content of results.json (None in every process but the first of a sharded run):
@@ -562,6 +566,8 @@ def run_suite(
     if not isinstance(suite, Suite):
         raise ValueError(f"`suite` is a {type(suite).__name__}; pass a bench.Suite.")
     methods, tables = _check_methods(methods), _check_tables(tables)
+    if not all(callable(fn) for fn in image_tables):
+        raise ValueError(f"`image_tables` is {image_tables!r}; pass functions images -> bench.Table.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"`batch_size` is {batch_size!r}; pass an int >= 1.")
     if not isinstance(resume, bool):
@@ -589,7 +595,7 @@ def run_suite(
     images, verdicts, accuracy, scores, seconds = _collect(suite, methods, out, int(batch_size))
     # 4. statistics
     per_method = _per_method(suite, verdicts, accuracy, scores, seconds)
-    extra = _computed(tables)
+    extra = _computed(tables) + _computed([partial(fn, images) for fn in image_tables])
     # 5. tables, results.json, report.html
     seeds, n = suite.seeds(), suite.images_per_prompt
     results = {

@@ -91,7 +91,7 @@ def test_the_runner_and_the_demo_save_no_non_finite_image(tmp_path, monkeypatch)
     with pytest.raises(NonFiniteImageError, match=r"the images of 1 prompt\(s\) hold NaN"):
         run_demo(pipe, tmp_path / "demo", **small)
     saved = [p.name for p in (tmp_path / "demo").rglob("*") if p.is_file()]
-    assert saved == ["manifest.json"] and json.loads((tmp_path / "demo" / "manifest.json").read_text())["done"] == {}
+    assert saved == ["manifest.json"]  # the configuration only: no batch of images was saved
 
 
 @pytest.mark.parametrize("command", ["generate", "generate with self-correction", "demo"])

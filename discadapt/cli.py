@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--lora", help="LoRA folder written by save_lora_weights (e.g. by `discadapt tune`)")
     g.add_argument("--adapter", help="discriminative adapter folder, for self-correction")
     g.add_argument("--correction-scale", type=number_at_least(0), help="self-correction step size eta (0: off)")
-    g.add_argument("--correction-mode", choices=["plain", "reuse"], default="plain")
+    g.add_argument("--correction-mode", choices=["plain", "reuse", "input"], default="plain")
     g.add_argument("--correction-start", type=float, default=0.0, help="window start, fraction of the schedule")
     g.add_argument("--correction-stop", type=float, default=1.0, help="window stop, fraction of the schedule")
     g.add_argument("--correction-normalize", choices=["none", "unit", "clip"], default="none")

@@ -315,3 +315,45 @@ def test_settings_are_the_callbacks_config(adapter):
         scale=0.5, start=0.0, stop=0.6, schedule="constant", normalize="unit", max_grad_norm=1.0, iterations=1,
         mode="reuse", cutoff_step_ratio=1.0, cutoff_step_index=None,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler"])
+@pytest.mark.parametrize("guidance_scale", [1.0, 5.0])
+def test_input_mode_corrects_the_conditional_unet_input_not_the_latent(name, guidance_scale):
+    """Input mode (DPT's released form): the latent the sampler steps is never edited; the next UNet call sees
+    `scale_model_input(z) + eta * g` in its conditional half (g = grad of the score w.r.t. the UNet input: w for a
+    linear score) and the unconditional half unchanged."""
+    pipe = tiny_sd_pipeline(seed=0)
+    pipe.scheduler = SCHEDULERS[name](pipe.scheduler.config)
+    score = Linear((1, 4, 16, 16))
+    before, after, seen = Recorder(), Recorder(), []
+    spy = pipe.unet.register_forward_hook(lambda m, args, kwargs, out: seen.append(args[0].clone()), with_kwargs=True)
+    fix = SelfCorrection(score, PROMPTS, scale=0.3, schedule="linear", mode="input")
+    try:
+        _generate(pipe, MultiPipelineCallbacks([before, fix, after]), steps=5, guidance_scale=guidance_scale)
+    finally:
+        spy.remove()
+    n, batch = len(pipe.scheduler.timesteps), len(PROMPTS)
+    assert all(torch.equal(z, z_new) for z, z_new in zip(before.latents, after.latents))  # latents never edited
+    assert len(seen) == n and not pipe.unet._forward_pre_hooks  # the one-shot hooks are gone
+    for k in range(1, n):
+        x = seen[k]
+        expected = pipe.scheduler.scale_model_input(after.latents[k - 1], pipe.scheduler.timesteps[k])
+        if name == "euler":  # sigma-scaled: the scaling of step k
+            expected = after.latents[k - 1] / math.sqrt(float(pipe.scheduler.sigmas[k]) ** 2 + 1)
+        eta = 0.3 * (1 - k / n)
+        torch.testing.assert_close(x[-batch:], expected + eta * score.w, rtol=1e-5, atol=1e-5)
+        if guidance_scale > 1:
+            torch.testing.assert_close(x[:batch], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_input_mode_with_scale_zero_is_bit_identical_and_needs_one_iteration(pipe, adapter):
+    base = _generate(pipe, guidance_scale=5.0)
+    fix = SelfCorrection(adapter, PROMPTS, scale=0.0, mode="input")
+    assert torch.equal(_generate(pipe, fix, guidance_scale=5.0), base)
+    moved = _generate(pipe, SelfCorrection(adapter, PROMPTS, scale=5.0, mode="input"), guidance_scale=5.0)
+    assert not torch.equal(moved, base) and torch.isfinite(moved).all()
+    with pytest.raises(ValueError, match="mode='input' corrects the next UNet input once: pass iterations=1"):
+        SelfCorrection(adapter, PROMPTS, mode="input", iterations=2)
+    with pytest.raises(ValueError, match="`mode` is 'guide'; pass one of 'plain', 'reuse', 'input'"):
+        SelfCorrection(adapter, PROMPTS, mode="guide")

@@ -205,7 +205,7 @@ def add_commands(subparsers) -> None:
     r.add_argument("--lora", help="LoRA folder of the tuned methods")
     r.add_argument("--adapter", help="discriminative adapter folder of the self-correction methods")
     r.add_argument("--correction-scale", type=number_at_least(0), default=0.5)
-    r.add_argument("--correction-mode", choices=["plain", "reuse"], default="plain")
+    r.add_argument("--correction-mode", choices=["plain", "reuse", "input"], default="plain")
     r.add_argument("--correction-start", type=float, default=0.0)
     r.add_argument("--correction-stop", type=float, default=0.6)
     r.add_argument("--correction-normalize", choices=["none", "unit", "clip"], default="none")

@@ -9,7 +9,7 @@ adapter's ITM logit (`scorers.AdapterScorer`: UNet conditioned on y, the early-e
 crosses the blocks up to the probed one), eta_k = `scale` * `schedule`(f), inside the
 window `start` <= f < `stop`, optionally with g normalised or clipped per image, `iterations` times per step.
 
-Two modes:
+Three modes:
 - `"plain"`: an extra early-exit forward and its backward per corrected step, at the new latent. The latent is fed
   to the UNet as the sampler feeds it, through `scheduler.scale_model_input` (Euler-type samplers keep
   sigma-scaled latents), in float32 whatever the pipeline's dtype.
@@ -20,6 +20,11 @@ Two modes:
   With classifier-free guidance a recorded pass runs its unconditional half as a separate call without a graph,
   so the backward crosses the conditional half only (the guided prediction then differs from the batched one by
   float rounding, on recorded steps only).
+- `"input"` (the authors' form, DPT's released code): the same gradient, but taken with respect to the UNet's input
+  and added, `eta * g`, to the *conditional* half of the next UNet call's input only; the sampler's step then
+  applies to the uncorrected latent, so the correction acts through the noise prediction, like classifier guidance.
+  The latent trajectory itself is never edited. Same cost as plain. (diffusers' `callback_on_step_end` runs after
+  `scheduler.step`, so the callback leaves a one-shot forward pre-hook on the UNet for the next call.)
 A non-finite gradient, or a corrected latent that is not finite in the pipeline's dtype, skips the step with a
 warning. The callback changes only `latents`, so it works with any diffusers pipeline that exposes them, with or
 without classifier-free guidance; it also reads `prompt_embeds` (in `tensor_inputs`; pass `["latents"]` to a pipeline
@@ -49,7 +54,9 @@ from ..scorers import AdapterScorer, LatentScorer
 from ..text import TextEmbeddings, encode_text, get_unet
 from .recorder import UNetPassRecorder
 
-__all__ = ["SelfCorrection", "SCHEDULES"]
+__all__ = ["MODES", "SelfCorrection", "SCHEDULES"]
+
+MODES = ("plain", "reuse", "input")
 
 # eta multiplier as a function of the fraction f in [0, 1) of the schedule already done
 SCHEDULES: dict[str, Callable[[float], float]] = {
@@ -76,7 +83,8 @@ class SelfCorrection(PipelineCallback):
             eta is a step length) or `"clip"` (norms above `max_grad_norm` scaled down to it).
         max_grad_norm (`float`, defaults to 1.0): the bound for `normalize="clip"`.
         iterations (`int`, defaults to 1): correction steps per denoising step (plain mode).
-        mode (`str`, defaults to `"plain"`): `"plain"` or `"reuse"` (low overhead; needs an adapter, one iteration).
+        mode (`str`, defaults to `"plain"`): `"plain"`, `"reuse"` (low overhead; needs an adapter, one iteration) or
+            `"input"` (the conditional UNet input is corrected, not the latent; one iteration).
     """
 
     tensor_inputs = ["latents", "prompt_embeds"]  # prompt_embeds: read, to check that `prompt` is the pipeline's
@@ -108,8 +116,10 @@ class SelfCorrection(PipelineCallback):
             raise ValueError(f"`max_grad_norm` is {max_grad_norm}; pass a positive value.")
         if int(iterations) != iterations or iterations < 1:
             raise ValueError(f"`iterations` is {iterations}; pass an integer >= 1.")
-        if mode not in ("plain", "reuse"):
-            raise ValueError(f"`mode` is {mode!r}; pass 'plain' or 'reuse'.")
+        if mode not in MODES:
+            raise ValueError(f"`mode` is {mode!r}; pass one of {', '.join(map(repr, MODES))}.")
+        if mode == "input" and iterations != 1:
+            raise ValueError(f"mode='input' corrects the next UNet input once: pass iterations=1 (got {iterations}).")
         if not isinstance(scorer, (DiscriminativeAdapter, LatentScorer)):
             raise ValueError(
                 f"`scorer` is a {type(scorer).__name__}; pass a DiscriminativeAdapter or a scorers.LatentScorer (with "
@@ -135,6 +145,7 @@ class SelfCorrection(PipelineCallback):
         self.normalize, self.max_grad_norm, self.iterations = normalize, max_grad_norm, int(iterations)
         self.mode = mode
         self.recorder: UNetPassRecorder | None = None
+        self._input_hook = None  # input mode: the one-shot pre-hook correcting the next UNet call
         self._text: tuple[int, int, TextEmbeddings] | None = None  # (id of pipe, batch, text)
 
     # setup ---------------------------------------------------------------------------------------------------
@@ -191,16 +202,18 @@ class SelfCorrection(PipelineCallback):
         """s(z, y) for each latent: (B,)."""
         return self.scorer.score_latents(model_input, t, text)
 
-    def gradient(self, pipe, latents: torch.Tensor, t: torch.Tensor, text: TextEmbeddings) -> torch.Tensor:
-        """g = grad_z s(z, y) in float32 with an extra forward and backward, normalised or clipped as configured:
-        (B, C, h, w)."""
+    def gradient(self, pipe, latents: torch.Tensor, t: torch.Tensor, text: TextEmbeddings, of_input: bool = False):
+        """g = grad_z s(z, y) (or, `of_input`, the gradient with respect to the UNet's input `scale_model_input(z)`)
+        in float32 with an extra forward and backward, normalised or clipped as configured: (B, C, h, w)."""
         unet = get_unet(pipe)
         with torch.enable_grad():
-            z = latents.detach().float().requires_grad_(True)
-            model_input = pipe.scheduler.scale_model_input(z, t).to(unet.dtype)
-            scores = self.score(pipe, model_input, t.expand(z.shape[0]), text)
-            (grad,) = torch.autograd.grad(scores.sum(), z)
-        return self._normalized(grad)
+            z = latents.detach().float().requires_grad_(not of_input)
+            model_input = pipe.scheduler.scale_model_input(z, t).float()
+            if of_input:
+                model_input = model_input.detach().requires_grad_(True)
+            scores = self.score(pipe, model_input.to(unet.dtype), t.expand(z.shape[0]), text)
+            (grad,) = torch.autograd.grad(scores.sum(), model_input if of_input else z)
+        return self._normalized(grad.float())
 
     def recorded_gradient(self, batch: int, text: TextEmbeddings) -> torch.Tensor:
         """g from the sampler's recorded UNet pass (reuse mode): one partial backward, (B, C, h, w) in float32."""
@@ -235,7 +248,9 @@ class SelfCorrection(PipelineCallback):
         latents = callback_kwargs["latents"]
         text = self._text_for(pipe, latents.shape[0], callback_kwargs.get("prompt_embeds"))  # checks on the first call
         eta = self.step_size(pipe, step_index)
-        if eta > 0:
+        if eta > 0 and self.mode == "input":
+            self._correct_next_input(pipe, step_index, latents, text, eta)
+        elif eta > 0:
             callback_kwargs["latents"] = self._correct(pipe, step_index, latents, text, eta)
         if self.mode == "reuse":
             self._track(pipe, step_index, latents.shape[0])  # after the correction, whose forward is not recorded
@@ -263,6 +278,31 @@ class SelfCorrection(PipelineCallback):
             return latents
         return corrected
 
+    def _correct_next_input(self, pipe, step_index: int, latents: torch.Tensor, text: TextEmbeddings, eta: float):
+        """Input mode: `eta * g` (g with respect to the UNet input) added to the conditional half of the next UNet
+        call's input, by a pre-hook that removes itself after that call."""
+        t = pipe.scheduler.timesteps[step_index + 1].to(latents.device)
+        grad = self.gradient(pipe, latents, t, text, of_input=True)
+        if not torch.isfinite(grad).all():
+            warnings.warn(f"SelfCorrection: non-finite gradient at step {step_index}; correction skipped.")
+            return
+        shift, batch = eta * grad, latents.shape[0]
+
+        def hook(module, args, kwargs):
+            self.remove()
+            sample = kwargs["sample"] if "sample" in kwargs else args[0]
+            corrected = sample.clone()
+            corrected[-batch:] = (sample[-batch:].float() + shift).to(sample.dtype)  # the conditional half
+            if not torch.isfinite(corrected).all():
+                warnings.warn(f"SelfCorrection: the corrected UNet input after step {step_index} is not finite.")
+                return None
+            if "sample" in kwargs:
+                return args, {**kwargs, "sample": corrected}
+            return (corrected, *args[1:]), kwargs
+
+        self.remove()
+        self._input_hook = get_unet(pipe).register_forward_pre_hook(hook, with_kwargs=True)
+
     def _track(self, pipe, step_index: int, batch: int | None = None) -> None:
         """Reuse mode: record the next step's UNet pass (of `batch` latents) only if the next callback corrects
         (outside the window the passes keep no graph); after the last step nothing stays attached."""
@@ -273,7 +313,10 @@ class SelfCorrection(PipelineCallback):
             self.remove()
 
     def remove(self) -> None:
-        """Detach reuse mode's hooks from the UNet (done by itself after the last step of a run)."""
+        """Detach reuse mode's and input mode's hooks from the UNet (done by itself after the last step of a run)."""
         if self.recorder is not None:
             self.recorder.remove()
             self.recorder = None
+        if self._input_hook is not None:
+            self._input_hook.remove()
+            self._input_hook = None

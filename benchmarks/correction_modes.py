@@ -1,0 +1,86 @@
+"""Issue 12, hypothesis 0: the authors' form of self-correction (`mode="input"`: the conditional UNet input is
+corrected, the latent is not) against ours (`"plain"`: the latent moves; `"reuse"`: the same, cheaper), on ShapeWorld.
+
+1. Sweep on *train-split* prompts (`augment_shapes.train_prompts`, none of them a demo prompt): base, then each mode
+   at each scale (unit-normalised gradient, first 60% of the schedule, the stage-1 adapter, as the demo rows), the
+   oracle's accuracy per multi-object category. The best scale of each mode is chosen here, on the multi-object mean.
+2. With `--held-out`: the demo's held-out prompts (multi-object categories, 40 prompts x 5 images), base and each
+   mode at its chosen scale, paired differences to base with 95% intervals, time per image.
+
+    python benchmarks/correction_modes.py --out runs/correction-modes [--held-out]
+
+Resumable (each stage is a `bench.run_suite` folder). Writes OUT/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from augment_shapes import MULTI, train_prompts  # noqa: E402
+
+from discadapt.bench import pipeline_method, run_suite  # noqa: E402
+from discadapt.sampling import SelfCorrectingPipeline  # noqa: E402
+from discadapt.worlds.shapes.bundle import load_pipeline  # noqa: E402
+from discadapt.worlds.shapes.rows import CORRECTION, GUIDANCE, bundled_adapter  # noqa: E402
+from discadapt.worlds.shapes.suite import shapes_suite  # noqa: E402
+
+STEPS = 25
+
+
+def methods(pipe, adapter, settings: dict[str, tuple[str, float]]) -> dict:
+    """base, then `name -> (mode, scale)` as self-correcting pipelines sharing `pipe`'s weights."""
+    out = {"base": pipeline_method(pipe, STEPS, GUIDANCE)}
+    for name, (mode, scale) in settings.items():
+        fixed = SelfCorrectingPipeline.from_pipe(pipe, adapter=adapter, correction={**CORRECTION, "scale": scale,
+                                                                                    "mode": mode})  # fmt: skip
+        out[name] = pipeline_method(fixed, STEPS, GUIDANCE)
+    return out
+
+
+def multi_mean(found: dict) -> float:
+    return sum(found["categories"][c]["accuracy"] for c in MULTI) / len(MULTI)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--prompts-per-category", type=int, default=12)
+    parser.add_argument("--images-per-prompt", type=int, default=2)
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
+    parser.add_argument("--modes", nargs="+", default=["plain", "input"])
+    parser.add_argument("--held-out", action="store_true")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    pipe, adapter = load_pipeline(), bundled_adapter()
+    pipe.set_progress_bar_config(disable=True)
+    # 1. the sweep on train-split prompts
+    prompts = [p for p, c in train_prompts(args.prompts_per_category).items() if c in MULTI]
+    suite = shapes_suite(prompts=prompts, images_per_prompt=args.images_per_prompt)
+    grid = {f"{mode} {scale:g}": (mode, scale) for mode in args.modes for scale in args.scales}
+    train = run_suite(suite, methods(pipe, adapter, grid), out / "train", batch_size=48, progress=False)
+    scores = {name: multi_mean(found) for name, found in train["methods"].items()}
+    chosen = {}
+    for mode in args.modes:
+        best = max((n for n in grid if grid[n][0] == mode), key=lambda n: scores[n])
+        chosen[f"{mode} (chosen: {grid[best][1]:g})"] = grid[best]
+    summary = {"train_multi_mean": scores, "chosen": {k: list(v) for k, v in chosen.items()}}
+    print(json.dumps(summary, indent=1))
+    # 2. the chosen settings on the demo's held-out prompts
+    if args.held_out:
+        held = shapes_suite(list(MULTI), n_prompts=40, images_per_prompt=5)
+        found = run_suite(held, methods(pipe, adapter, chosen), out / "held-out", progress=False)
+        summary["held_out"] = {
+            name: {"multi_mean": multi_mean(m), "difference_to_base": m.get("difference_to_base", {}).get("all"),
+                   "time_ratio": m["time_ratio"]}
+            for name, m in found["methods"].items()
+        }  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

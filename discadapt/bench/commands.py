@@ -141,6 +141,11 @@ def run(args) -> int:
         setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
     # 1. what runs and what scores, checked before anything loads: the methods, the metrics' weights, the suite
     names = _methods(args)
+    from accelerate import PartialState
+
+    state = PartialState(cpu=args.device == "cpu")  # the processes of `accelerate launch`; one without it
+    if args.device == "cuda" and state.num_processes > 1:
+        args.device = str(state.device)  # one GPU per process
     pipe = None
     metrics = make_metrics(args.metric or [], lambda: pipe, args.device)
     suite = _suite(args, metrics)
@@ -155,11 +160,8 @@ def run(args) -> int:
     pipe.set_progress_bar_config(disable=True)
     methods = _method_functions(pipe, names, args)
     # 3. the runner, sharded over the processes of `accelerate launch` (one process: a shard of one)
-    from accelerate import PartialState
-
     from .runner import run_suite
 
-    state = PartialState(cpu=args.device == "cpu")
     source = (
         os.path.abspath(args.pipeline)
         if args.pipeline
@@ -167,6 +169,9 @@ def run(args) -> int:
     )
     settings = {"pipeline": source, "steps": args.steps, "guidance": args.guidance, "lora": args.lora,
                 "adapter": args.adapter, "limit": args.limit}  # fmt: skip
+    if args.adapter:  # a resumed run must correct as this one does
+        settings["correction"] = {k: getattr(args, f"correction_{k}") for k in ("scale", "mode", "start", "stop",
+                                                                               "normalize")}  # fmt: skip
     run_suite(suite, methods, args.out, batch_size=args.batch_size, settings=settings, resume=not args.restart,
               progress=not args.no_progress and state.is_local_main_process, started=started,
               shard=(state.process_index, state.num_processes), barrier=state.wait_for_everyone,

@@ -4,6 +4,8 @@ corrected, the latent is not) against ours (`"plain"`: the latent moves; `"reuse
 1. Sweep on *train-split* prompts (`augment_shapes.train_prompts`, none of them a demo prompt): base, then each mode
    at each scale (unit-normalised gradient, first 60% of the schedule, the stage-1 adapter, as the demo rows), the
    oracle's accuracy per multi-object category. The best scale of each mode is chosen here, on the multi-object mean.
+   `--start/--stop` move the window (hypothesis 1: the adapter was trained on t < 500, the second half of the
+   schedule, while the demo corrects the first 60%).
 2. With `--held-out`: the demo's held-out prompts (multi-object categories, 40 prompts x 5 images), base and each
    mode at its chosen scale, paired differences to base with 95% intervals, time per image.
 
@@ -31,12 +33,13 @@ from discadapt.worlds.shapes.suite import shapes_suite  # noqa: E402
 STEPS = 25
 
 
-def methods(pipe, adapter, settings: dict[str, tuple[str, float]]) -> dict:
-    """base, then `name -> (mode, scale)` as self-correcting pipelines sharing `pipe`'s weights."""
+def methods(pipe, adapter, settings: dict[str, tuple[str, float]], window: tuple[float, float]) -> dict:
+    """base, then `name -> (mode, scale)` as self-correcting pipelines sharing `pipe`'s weights, correcting in
+    `window` (fractions of the schedule)."""
     out = {"base": pipeline_method(pipe, STEPS, GUIDANCE)}
     for name, (mode, scale) in settings.items():
-        fixed = SelfCorrectingPipeline.from_pipe(pipe, adapter=adapter, correction={**CORRECTION, "scale": scale,
-                                                                                    "mode": mode})  # fmt: skip
+        correction = {**CORRECTION, "scale": scale, "mode": mode, "start": window[0], "stop": window[1]}
+        fixed = SelfCorrectingPipeline.from_pipe(pipe, adapter=adapter, correction=correction)
         out[name] = pipeline_method(fixed, STEPS, GUIDANCE)
     return out
 
@@ -52,6 +55,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
     parser.add_argument("--modes", nargs="+", default=["plain", "input"])
+    parser.add_argument("--start", type=float, default=0.0, help="correction window start (fraction of the schedule)")
+    parser.add_argument("--stop", type=float, default=CORRECTION["stop"], help="window stop (default the demo's 0.6)")
     parser.add_argument("--held-out", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -61,18 +66,26 @@ def main(argv=None) -> int:
     prompts = [p for p, c in train_prompts(args.prompts_per_category).items() if c in MULTI]
     suite = shapes_suite(prompts=prompts, images_per_prompt=args.images_per_prompt)
     grid = {f"{mode} {scale:g}": (mode, scale) for mode in args.modes for scale in args.scales}
-    train = run_suite(suite, methods(pipe, adapter, grid), out / "train", batch_size=48, progress=False)
+    train = run_suite(
+        suite, methods(pipe, adapter, grid, (args.start, args.stop)), out / "train", batch_size=48, progress=False
+    )
     scores = {name: multi_mean(found) for name, found in train["methods"].items()}
     chosen = {}
     for mode in args.modes:
         best = max((n for n in grid if grid[n][0] == mode), key=lambda n: scores[n])
         chosen[f"{mode} (chosen: {grid[best][1]:g})"] = grid[best]
-    summary = {"train_multi_mean": scores, "chosen": {k: list(v) for k, v in chosen.items()}}
+    summary = {
+        "window": [args.start, args.stop],
+        "train_multi_mean": scores,
+        "chosen": {k: list(v) for k, v in chosen.items()},
+    }
     print(json.dumps(summary, indent=1))
     # 2. the chosen settings on the demo's held-out prompts
     if args.held_out:
         held = shapes_suite(list(MULTI), n_prompts=40, images_per_prompt=5)
-        found = run_suite(held, methods(pipe, adapter, chosen), out / "held-out", progress=False)
+        found = run_suite(
+            held, methods(pipe, adapter, chosen, (args.start, args.stop)), out / "held-out", progress=False
+        )
         summary["held_out"] = {
             name: {"multi_mean": multi_mean(m), "difference_to_base": m.get("difference_to_base", {}).get("all"),
                    "time_ratio": m["time_ratio"]}

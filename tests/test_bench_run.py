@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_bench import _method, _without_timing  # toy methods and results without wall times, shared
 
 from discadapt.bench import Prompt, Suite, bootstrap_ci, paired_difference_ci, run_suite
 from discadapt.bench.commands import gpu_sized
@@ -31,7 +32,6 @@ PROMPTS = [
     Prompt("a cat left of a dog", "spatial"),
 ]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts"
-TIMING = ("seconds", "seconds_per_image", "time_ratio")
 
 
 def _brightness(images, prompts):
@@ -43,22 +43,6 @@ def _length(images, prompts):
 
 
 METRICS = [FunctionScorer("brightness", _brightness), FunctionScorer("length", _length)]
-
-
-def _method(offset):
-    def generate(prompts, seeds):
-        return np.stack([np.full((4, 4, 3), (s + offset) % 256, np.uint8) for s in seeds])
-
-    return generate
-
-
-def _without_timing(results):
-    out = json.loads(json.dumps(results))
-    out.pop("seconds")
-    for m in out["methods"].values():
-        for key in TIMING:
-            m.pop(key)
-    return out
 
 
 def test_metrics_without_a_judge_against_a_direct_computation(tmp_path, capsys):

@@ -1,10 +1,15 @@
-"""The one evaluation runner: a suite's prompts and seeds x methods -> judged images, statistics, tables, a report.
+"""The one evaluation runner: a suite's prompts and seeds x methods -> judged and scored images, statistics, tables,
+a report; and `discadapt bench` (`commands.py`).
 
-- `suite.py`: `Prompt`, `Suite` (prompts with category / split / group, images per prompt, seeds, a judge).
+- `suite.py`: `Prompt`, `Suite` (prompts with category / split / group, images per prompt, seeds, a judge, metrics);
+  `suites.py`: suites from prompt-list files and COCO captions.
 - `methods.py`: `Method` (`(prompts, seeds) -> (N, S, S, 3)` uint8), `pipeline_method` (a diffusers pipeline with one
   seeded generator per image, the seeds of `discadapt generate`).
-- `runner.py`: `run_suite`: batches interleaved across methods, resumable through a manifest, intervals and paired
-  differences to the first method, timing ratios, tables, results.json and report.html.
+- `runner.py`: `run_suite`: batches interleaved across methods, resumable, sharded over processes, intervals and
+  paired differences to the first method, timing ratios, tables, results.json and report.html; `store.py`: its
+  manifest and batch files; `tables.py`: its tables and report rows.
+- `metric_specs.py`: the `--metric` names; `compare.py`: `bench compare`; `discriminate.py`: ITM / REC suites;
+  `fid_table.py`: FID against real images.
 - `stats.py`: bootstrap confidence intervals clustered by prompt, of accuracies and of paired differences.
 - `report.py`: text tables, `results.json` and a self-contained `report.html`.
 

@@ -35,10 +35,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import sys
 import time
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -47,19 +45,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..io import clean_temporary, write_atomic
+from ..io import clean_temporary
 from ..metrics import ItemScore, JudgeAccuracy
 from .methods import Method, check_images
-from .report import ReportRow, Table, accuracy_table, write_report
+from .report import Table, accuracy_table, write_report
 from .stats import bootstrap_ci, paired_difference_ci
+from .store import Batch, Manifest, batch_file, load_batch, save_batch
 from .suite import Suite
+from .tables import report_rows, result_tables
 
 __all__ = ["BATCH_SIZE", "CI", "GRID_IMAGES", "run_suite", "versions"]
 
 BATCH_SIZE = 50  # images per method call
 GRID_IMAGES = 40  # images shown per method and category in report.html (the first image of each prompt)
 CI = "95% percentile bootstrap over prompts"
-MANIFEST = "manifest.json"
 
 
 def versions() -> dict[str, str]:
@@ -102,99 +101,7 @@ def _check_tables(tables) -> list:
     return tables
 
 
-# ---- 2. manifest ----------------------------------------------------------------------------------------------------
-
-
-def _first_difference(old, new, path: str = "") -> str | None:
-    """Where two JSON values differ, as `key.sub: old there, new now`; None if equal."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(dict.fromkeys([*old, *new])):
-            found = _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else key)
-            if found:
-                return found
-        return None
-    if old != new:
-        show = lambda v: repr(v) if len(repr(v)) < 80 else repr(v)[:77] + "..."  # noqa: E731
-        return f"{path or 'configuration'}: {show(old)} there, {show(new)} now"
-    return None
-
-
-class _Manifest:
-    """`out_dir/manifest.json`: the run's configuration. A batch is finished when its file exists (written
-    atomically, with its images, verdicts, scores and seconds), so processes sharing `out_dir` need no shared log."""
-
-    def __init__(self, out_dir: Path, config: dict, resume: bool, main: bool = True):
-        self.path, self.config = out_dir / MANIFEST, config
-        if self.path.exists() and resume:
-            found = json.loads(self.path.read_text(encoding="utf-8"))
-            difference = _first_difference(found["config"], config)
-            if difference:
-                raise ValueError(
-                    f"`out_dir` {out_dir} holds a run of another configuration ({difference}); pass another "
-                    "`out_dir`, or start it afresh (`resume=False`, `discadapt demo --restart`)."
-                )
-        elif (out_dir / "batches").exists() and main:
-            shutil.rmtree(out_dir / "batches")  # an earlier run's images, discarded (resume=False)
-        if main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.path, json.dumps({"config": config}, indent=1) + "\n")
-
-
-def _batch_file(out_dir: Path, j: int, b: int) -> Path:
-    return out_dir / "batches" / f"method{j:02d}" / f"{b:05d}.npz"
-
-
-def _save_batch(path: Path, images: np.ndarray, verdicts: list | None, scores: list, seconds: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"images": images, "seconds": np.array(seconds, dtype=np.float64)}
-    if verdicts is not None:
-        arrays["ok"] = np.array([bool(v.ok) for v in verdicts])
-        arrays["marginal"] = np.array([bool(v.marginal) for v in verdicts])
-        arrays["reason"] = np.array([str(v.reason) for v in verdicts], dtype=str)
-    arrays.update({f"score{k}": np.asarray(v, dtype=np.float64) for k, v in enumerate(scores)})
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    write_atomic(path, write)
-
-
-class _Verdict:
-    """A verdict read back from a batch file."""
-
-    __slots__ = ("ok", "reason", "marginal")
-
-    def __init__(self, ok: bool, reason: str, marginal: bool):
-        self.ok, self.reason, self.marginal = ok, reason, marginal
-
-
-class _Batch:
-    """One method's batch read back: images, verdicts (None without a judge), scores per metric, seconds."""
-
-    def __init__(self, images: np.ndarray, verdicts: list | None, scores: list[np.ndarray], seconds: float):
-        self.images, self.verdicts, self.scores, self.seconds = images, verdicts, scores, seconds
-
-
-def _load_batch(path: Path, judged: bool, n_metrics: int) -> _Batch | None:
-    """The batch in `path`, or None where it is missing, damaged, or lacks what this suite scores (redone)."""
-    needed = ["images", "seconds", *(["ok", "reason", "marginal"] if judged else [])]
-    needed += [f"score{k}" for k in range(n_metrics)]
-    try:
-        with np.load(path) as found:
-            if not all(key in found.files for key in needed):
-                return None
-            verdicts = None
-            if judged:
-                rows = zip(found["ok"], found["reason"], found["marginal"])
-                verdicts = [_Verdict(bool(o), str(r), bool(m)) for o, r, m in rows]
-            scores = [found[f"score{k}"] for k in range(n_metrics)]
-            return _Batch(found["images"], verdicts, scores, float(found["seconds"]))
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
-        return None
-
-
-# ---- 3. images, batches interleaved ---------------------------------------------------------------------------------
+# ---- 2. images, batches interleaved (their files: store.py) ---------------------------------------------------------
 
 
 def _batches(suite: Suite, batch_size: int) -> list[slice]:
@@ -202,7 +109,7 @@ def _batches(suite: Suite, batch_size: int) -> list[slice]:
     return [slice(b, b + batch_size) for b in range(0, n, batch_size)]
 
 
-def _run_batch(suite: Suite, name: str, fn: Method, prompts: list[str], seeds: list[int]) -> _Batch:
+def _run_batch(suite: Suite, name: str, fn: Method, prompts: list[str], seeds: list[int]) -> Batch:
     """Generate one batch with method `fn`, then judge and score it."""
     start = time.perf_counter()
     out = fn(prompts, seeds)
@@ -215,7 +122,7 @@ def _run_batch(suite: Suite, name: str, fn: Method, prompts: list[str], seeds: l
         if value.shape != (len(prompts),) or not np.isfinite(value).all():
             raise ValueError(f"metric {metric.name!r} returned {value[:4]!r} for {len(prompts)} images; return (N,).")
         scores.append(value)
-    return _Batch(out, verdicts, scores, spent)
+    return Batch(out, verdicts, scores, spent)
 
 
 def _generate(suite: Suite, methods: dict, out_dir: Path, batch_size: int, progress: bool, shard: tuple) -> None:
@@ -229,10 +136,10 @@ def _generate(suite: Suite, methods: dict, out_dir: Path, batch_size: int, progr
     with tqdm(total=len(mine) * len(methods), desc=suite.name, unit="batch", disable=not progress) as bar:
         for b, batch in mine:
             for j, (name, fn) in enumerate(methods.items()):
-                path = _batch_file(out_dir, j, b)
-                if _load_batch(path, judged, len(suite.metrics)) is None:
+                path = batch_file(out_dir, j, b)
+                if load_batch(path, judged, len(suite.metrics)) is None:
                     done = _run_batch(suite, name, fn, texts[batch], seeds[batch])
-                    _save_batch(path, done.images, done.verdicts, done.scores, done.seconds)
+                    save_batch(path, done.images, done.verdicts, done.scores, done.seconds)
                 bar.update(1)
                 bar.set_postfix(method=name)
 
@@ -249,7 +156,7 @@ def _collect(suite: Suite, methods: dict, out_dir: Path, batch_size: int):
     seconds = dict.fromkeys(methods, 0.0)
     for b, batch in enumerate(_batches(suite, batch_size)):
         for j, name in enumerate(methods):
-            found = _load_batch(_batch_file(out_dir, j, b), suite.judge is not None, len(suite.metrics))
+            found = load_batch(batch_file(out_dir, j, b), suite.judge is not None, len(suite.metrics))
             if found is None:
                 raise RuntimeError(f"batch {b} of method {name!r} is missing from {out_dir}; run again to finish it.")
             seconds[name] += found.seconds
@@ -262,7 +169,7 @@ def _collect(suite: Suite, methods: dict, out_dir: Path, batch_size: int):
     return {name: np.concatenate(found) for name, found in images.items()}, verdicts, accuracy, scores, seconds
 
 
-# ---- 4. statistics --------------------------------------------------------------------------------------------------
+# ---- 3. statistics (tables and report rows: tables.py) --------------------------------------------------------------
 
 
 def _stats(values: np.ndarray, groups: np.ndarray, mask: np.ndarray, seed: int, binary: bool = True) -> dict:
@@ -356,129 +263,6 @@ def _per_method(suite: Suite, verdicts: dict, accuracy: dict, scores: dict, seco
         for name, found in _differences(by_method, groups, cats, suite, binary=False).items():
             per_method[name]["metrics"][metric]["difference_to_base"] = found
     return per_method
-
-
-# ---- 5. tables and report -------------------------------------------------------------------------------------------
-
-
-def _value(stats: dict) -> float:
-    """The estimate of a stats dict: an accuracy, or a metric's mean."""
-    return stats["accuracy"] if "accuracy" in stats else stats["mean"]
-
-
-def _cell(stats: dict | None) -> str:
-    return "" if stats is None else f"{_value(stats):.3f} [{stats['ci_low']:.3f}, {stats['ci_high']:.3f}]"
-
-
-def _split_table(per_method: dict, suite: Suite) -> Table:
-    """Method x split rows (each split, then all prompts) of `acc [lo, hi]` per category and over all categories."""
-    body, categories = [], suite.categories
-    for name, m in per_method.items():
-        for split in suite.splits:
-            found = m["splits"][split]
-            body.append([name, split, *[_cell(found["categories"].get(c)) for c in categories], _cell(found["all"])])
-        body.append([name, "all", *[_cell(m["categories"][c]) for c in categories], _cell(m["overall"])])
-    return Table("accuracy per split [95% CI over prompts]", ["method", "split", *categories, "all"], body)
-
-
-def _difference_table(per_method: dict, suite: Suite, metric: str | None = None) -> Table:
-    """Each method's difference to the first, per category: the judge's accuracy, or `metric`'s mean."""
-    base = next(iter(per_method))
-    of = lambda m: m if metric is None else m["metrics"][metric]  # noqa: E731
-    cell = lambda d: f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"  # noqa: E731
-    rows = [
-        [
-            name,
-            *[cell(of(m)["difference_to_base"][c]) for c in suite.categories],
-            cell(of(m)["difference_to_base"]["all"]),
-        ]
-        for name, m in per_method.items()
-        if "difference_to_base" in of(m)
-    ]
-    what = "accuracy" if metric is None else metric
-    return Table(
-        f"difference to {base}{'' if metric is None else f' in {metric}'} [95% CI, paired: same prompts and seeds]",
-        ["method", *suite.categories, "all"],
-        rows,
-        note=f"{what} minus the {base} row's, image by image (same prompt, same seed); prompts resampled",
-    )
-
-
-def _marginal_table(per_method: dict, suite: Suite) -> Table:
-    fraction = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
-    return Table(
-        "marginal verdicts (fraction of images)",
-        ["method", *suite.categories, "all"],
-        [[name, *[fraction(m["marginal"][c]) for c in [*suite.categories, "all"]]] for name, m in per_method.items()],
-        note=getattr(suite.judge, "marginal_note", None)
-        or f"verdicts that one reading near the {suite.judge.name}'s cut-offs would flip; a difference between rows "
-        "smaller than these fractions could come from the judge",
-    )
-
-
-def _scoring(suite: Suite) -> str:
-    """What scores the images, for notes: "oracle", "metrics", "oracle or the metrics"."""
-    judge = None if suite.judge is None else suite.judge.name
-    return " or the ".join(name for name in (judge, "metrics" if suite.metrics else None) if name)
-
-
-def _timing_table(per_method: dict, suite: Suite) -> Table:
-    base, n_images = next(iter(per_method)), len(suite.jobs())
-    return Table(
-        "time per image",
-        ["method", "images", "seconds", "s / image", f"ratio to {base}"],
-        [[name, n_images, m["seconds"], m["seconds_per_image"], m["time_ratio"]] for name, m in per_method.items()],
-        note=f"wall time of the method's calls (generation only, not the {_scoring(suite)}), batches interleaved "
-        "across methods",
-    )
-
-
-def _report_rows(suite: Suite, per_method: dict, images: dict, verdicts: dict, grid_images: int) -> list[ReportRow]:
-    """A `ReportRow` per method, category and metric (the judge's accuracy first); the first metric's rows show the
-    first image of each prompt (at most `grid_images`) with its verdict, or with its scores when there is no judge."""
-    jobs, rows = suite.jobs(), []
-    cats = np.array([suite.prompts[i].category for i, _ in jobs])
-    first = np.array([k == 0 for _, k in jobs])
-    metrics = ([None] if suite.judge is not None else []) + [m.name for m in suite.metrics]
-    for name, stacked in images.items():
-        records = per_method[name]["images"]
-        for c in suite.categories:
-            shown = np.flatnonzero(first & (cats == c))[:grid_images]
-            for metric in metrics:
-                found = per_method[name] if metric is None else per_method[name]["metrics"][metric]
-                stats, with_images = found["categories"][c], metric == metrics[0]
-                shown_here = shown if with_images else shown[:0]
-                scores = lambda j: "; ".join(f"{k} {v:.3f}" for k, v in records[j].get("scores", {}).items())  # noqa: E731
-                rows.append(
-                    ReportRow(
-                        name,
-                        c,
-                        _value(stats),
-                        stats["ci_low"],
-                        stats["ci_high"],
-                        stats["n_prompts"],
-                        stats["n_images"],
-                        images=stacked[shown_here],
-                        captions=[
-                            f"{suite.prompts[jobs[j][0]].text} ({suite.prompts[jobs[j][0]].split})" for j in shown_here
-                        ],
-                        passed=[verdicts[name][j].ok if suite.judge is not None else None for j in shown_here],
-                        notes=[verdicts[name][j].reason if suite.judge is not None else scores(j) for j in shown_here],
-                        metric="accuracy" if metric is None else metric,
-                    )  # fmt: skip
-                )
-    return rows
-
-
-def _tables(per_method: dict, suite: Suite, n_methods: int) -> list[Table]:
-    """The judge's per-split, difference and marginal tables, each metric's difference table, the timing table."""
-    shown = []
-    if suite.judge is not None:
-        shown += [_split_table(per_method, suite)]
-        shown += [_difference_table(per_method, suite)] if n_methods > 1 else []
-        shown += [_marginal_table(per_method, suite)]
-    shown += [_difference_table(per_method, suite, m.name) for m in suite.metrics] if n_methods > 1 else []
-    return shown + [_timing_table(per_method, suite)]
 
 
 def _check_shard(shard) -> tuple[int, int]:
@@ -582,11 +366,11 @@ def run_suite(
     config = {**suite.config(), "methods": list(methods), "settings": settings}
     config = json.loads(json.dumps(config))
     if rank == 0:
-        _Manifest(out, config, resume)
+        Manifest(out, config, resume)
         clean_temporary(out)
     barrier()  # the first process has checked (or cleared) the folder before any other writes to it
     if rank != 0:
-        _Manifest(out, config, resume=True, main=False)  # the same configuration in every process
+        Manifest(out, config, resume=True, main=False)  # the same configuration in every process
     # 3. images, verdicts and scores, batches interleaved across methods; this process's share of the batches
     _generate(suite, methods, out, int(batch_size), progress, (rank, processes))
     barrier()  # every process has written its batches
@@ -607,8 +391,8 @@ def run_suite(
         "methods": per_method,
         "tables": [t.to_dict() for t in extra],
     }
-    rows = _report_rows(suite, per_method, images, verdicts, grid_images)
-    shown = _tables(per_method, suite, len(methods)) + extra
+    rows = report_rows(suite, per_method, images, verdicts, grid_images)
+    shown = result_tables(per_method, suite, len(methods)) + extra
     for metric in dict.fromkeys(r.metric for r in rows):
         of = [r for r in rows if r.metric == metric]
         print(accuracy_table(of, f"{metric} per category [95% CI over prompts]").format(), end="\n\n")

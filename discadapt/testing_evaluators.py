@@ -45,6 +45,15 @@ BLIP_VQA_WORDS = (
 )
 
 
+def _save(model, processor, path: str | os.PathLike) -> Path:
+    """`model` and `processor` saved to the folder `path` (created), as `from_pretrained` reads them."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 def tiny_clip_folder(path: str | os.PathLike, seed: int = 0) -> Path:
     """A random CLIPModel saved with its processor to `path` (created).
 
@@ -67,11 +76,7 @@ def tiny_clip_folder(path: str | os.PathLike, seed: int = 0) -> Path:
     model = CLIPModel(CLIPConfig(text_config=dict(text, pad_token_id=49407), vision_config=vision, projection_dim=16))
     crop = {"height": 32, "width": 32}
     processor = CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=crop), clip_tokenizer())
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _save(model, processor, path)
 
 
 def tiny_aesthetic_head_file(path: str | os.PathLike, clip_folder: str | os.PathLike, seed: int = 0) -> Path:
@@ -144,9 +149,7 @@ def tiny_blip_vqa_folder(path: str | os.PathLike, seed: int = 0) -> Path:
         for param in model.parameters():
             if param.ndim >= 2:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    model.save_pretrained(folder)
-    BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(folder)
-    return folder
+    return _save(model, BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer), folder)
 
 
 def _owl_configs() -> tuple[dict, dict]:
@@ -191,11 +194,7 @@ def tiny_owlv2_folder(path: str | os.PathLike, seed: int = 0) -> Path:
     processor = Owlv2Processor(
         Owlv2ImageProcessorPil(size={"height": 64, "width": 64}), clip_tokenizer(model_max_length=16)
     )
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _save(model, processor, path)
 
 
 def tiny_owlvit_folder(path: str | os.PathLike, seed: int = 0) -> Path:
@@ -217,8 +216,4 @@ def tiny_owlvit_folder(path: str | os.PathLike, seed: int = 0) -> Path:
     model = OwlViTForObjectDetection(OwlViTConfig(text_config=text, vision_config=vision, projection_dim=32))
     size = {"height": 64, "width": 64}
     processor = OwlViTProcessor(OwlViTImageProcessorPil(size=size, crop_size=size), clip_tokenizer(model_max_length=16))
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _save(model, processor, path)

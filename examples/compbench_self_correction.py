@@ -15,7 +15,6 @@ smoke test of the API, not a result). The same run from the command line:
 """
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from discadapt import DiscriminativeAdapter, SelfCorrectingPipeline
@@ -74,7 +73,6 @@ methods = {
     "base": pipeline_method(pipe, args.steps, 7.5),
     "self-correction": pipeline_method(corrected, args.steps, 7.5),
 }
-out = tempfile.mkdtemp() if args.tiny else args.out
-results = run_suite(suite, methods, out, batch_size=4, settings={"steps": args.steps, "scale": args.scale})
+results = run_suite(suite, methods, args.out, batch_size=4, settings={"steps": args.steps, "scale": args.scale})
 for name, found in results["methods"]["self-correction"]["metrics"].items():
     print(f"self-correction - base, {name}: {found['difference_to_base']['all']}")

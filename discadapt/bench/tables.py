@@ -85,6 +85,11 @@ def _timing_table(per_method: dict, suite: Suite) -> Table:
     )
 
 
+def _scores_note(record: dict) -> str:
+    """An image's scores for its grid caption: "CLIP score 31.200; BLIP-VQA 0.412"."""
+    return "; ".join(f"{k} {v:.3f}" for k, v in record.get("scores", {}).items())
+
+
 def report_rows(suite: Suite, per_method: dict, images: dict, verdicts: dict, grid_images: int) -> list[ReportRow]:
     """A `ReportRow` per method, category and metric (the judge's accuracy first); the first metric's rows show the
     first image of each prompt (at most `grid_images`) with its verdict, or with its scores when there is no judge."""
@@ -100,7 +105,6 @@ def report_rows(suite: Suite, per_method: dict, images: dict, verdicts: dict, gr
                 found = per_method[name] if metric is None else per_method[name]["metrics"][metric]
                 stats, with_images = found["categories"][c], metric == metrics[0]
                 shown_here = shown if with_images else shown[:0]
-                scores = lambda j: "; ".join(f"{k} {v:.3f}" for k, v in records[j].get("scores", {}).items())  # noqa: E731
                 rows.append(
                     ReportRow(
                         name,
@@ -115,7 +119,10 @@ def report_rows(suite: Suite, per_method: dict, images: dict, verdicts: dict, gr
                             f"{suite.prompts[jobs[j][0]].text} ({suite.prompts[jobs[j][0]].split})" for j in shown_here
                         ],
                         passed=[verdicts[name][j].ok if suite.judge is not None else None for j in shown_here],
-                        notes=[verdicts[name][j].reason if suite.judge is not None else scores(j) for j in shown_here],
+                        notes=[
+                            verdicts[name][j].reason if suite.judge is not None else _scores_note(records[j])
+                            for j in shown_here
+                        ],
                         metric="accuracy" if metric is None else metric,
                     )  # fmt: skip
                 )

@@ -5,7 +5,8 @@ corrected, the latent is not) against ours (`"plain"`: the latent moves; `"reuse
    at each scale (unit-normalised gradient, first 60% of the schedule, the stage-1 adapter, as the demo rows), the
    oracle's accuracy per multi-object category. The best scale of each mode is chosen here, on the multi-object mean.
    `--start/--stop` move the window (hypothesis 1: the adapter was trained on t < 500, the second half of the
-   schedule, while the demo corrects the first 60%).
+   schedule, while the demo corrects the first 60%); `--adapter DIR` corrects with another adapter (hypothesis 2: a
+   longer-trained one from `probe_curve.py`).
 2. With `--held-out`: the demo's held-out prompts (multi-object categories, 40 prompts x 5 images), base and each
    mode at its chosen scale, paired differences to base with 95% intervals, time per image.
 
@@ -22,8 +23,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import set_threads  # noqa: E402
 from augment_shapes import MULTI, train_prompts  # noqa: E402
 
+from discadapt.adapter import DiscriminativeAdapter  # noqa: E402
 from discadapt.bench import pipeline_method, run_suite  # noqa: E402
 from discadapt.sampling import SelfCorrectingPipeline  # noqa: E402
 from discadapt.worlds.shapes.bundle import load_pipeline  # noqa: E402
@@ -57,10 +60,14 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", nargs="+", default=["plain", "input"])
     parser.add_argument("--start", type=float, default=0.0, help="correction window start (fraction of the schedule)")
     parser.add_argument("--stop", type=float, default=CORRECTION["stop"], help="window stop (default the demo's 0.6)")
+    parser.add_argument("--adapter", help="a saved adapter folder (default: the bundled stage-1 adapter)")
     parser.add_argument("--held-out", action="store_true")
+    parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     out = Path(args.out)
-    pipe, adapter = load_pipeline(), bundled_adapter()
+    pipe = load_pipeline()
+    adapter = DiscriminativeAdapter.from_pretrained(args.adapter) if args.adapter else bundled_adapter()
     pipe.set_progress_bar_config(disable=True)
     # 1. the sweep on train-split prompts
     prompts = [p for p, c in train_prompts(args.prompts_per_category).items() if c in MULTI]

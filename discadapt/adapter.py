@@ -3,7 +3,8 @@
     features of L probed blocks, each (B, C_l, h_l, w_l)
       -> 1x1 conv to `hidden_size`, resized to a common grid (h, w), summed     (B, D, h, w)
       -> tokens + 2D sine position embedding + timestep embedding               (B, h*w, D)
-      -> transformer encoder                                                     (B, h*w, D)  "memory"
+      (`read_text=True`: + the prompt's L token embeddings, projected to D      (B, h*w + L, D))
+      -> transformer encoder                                                     (B, h*w [+ L], D)  "memory"
       -> transformer decoder over Q_itm + Q_rec learned queries                  (B, Q, D)
       ITM queries -> projection into the pooled text space, L2-normalised       (B, Q_itm, P)
       REC queries -> box (cx, cy, w, h) in [0, 1]                                (B, Q_rec, 4)
@@ -11,8 +12,10 @@
                   -> alignment embedding (MDETR-style, with the prompt tokens)   (B, Q_rec, A)
 
 The ITM score of an (image, text) pair is `exp(logit_scale) * max_q cos(itm_embeds[q], pooled_text)`, with the
-UNet conditioned on that text. Sizes come from the UNet and the text encoder: build one with
-`DiscriminativeAdapter.for_pipeline(pipe, layers=[...])`.
+UNet conditioned on that text: by default the text reaches the adapter only through the UNet's cross-attention (DPT's
+design, which probes what the UNet understands); with `read_text=True` the encoder also reads the prompt's tokens, so
+the queries can compare image features with the words themselves, as BLIP's ITM head does. Sizes come from the UNet
+and the text encoder: build one with `DiscriminativeAdapter.for_pipeline(pipe, layers=[...])`.
 """
 
 from __future__ import annotations
@@ -164,6 +167,8 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
             prompt embedding (DPT; `text_dim` = its width), or "tokens", the mean of the prompt's token embeddings
             over its real tokens (`text_dim` = `token_dim`), for text encoders whose pooled output was never
             trained to tell prompts apart (the shapes world's, trained only through the UNet's cross-attention).
+        read_text (`bool`, defaults to False): the encoder also reads the prompt's token embeddings (`text_tokens`
+            of `forward`, projected to `hidden_size`, with a learned type embedding), not only the UNet features.
     """
 
     @register_to_config
@@ -184,6 +189,7 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         logit_scale_init: float = math.log(1 / 0.07),
         itm_text: str = "pooled",
+        read_text: bool = False,
     ):
         super().__init__()
         if itm_text not in ITM_TEXT:
@@ -220,6 +226,9 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
         self.class_head = nn.Linear(hidden_size, 2)
         self.align_query = nn.Linear(hidden_size, align_dim)
         self.align_token = nn.Linear(token_dim, align_dim)
+        if read_text:
+            self.text_proj = nn.Linear(token_dim, hidden_size)
+            self.text_type = nn.Parameter(torch.zeros(hidden_size))
 
     # construction and checks ------------------------------------------------------------------------------
     @classmethod
@@ -317,7 +326,7 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
                 `config.layers` order.
             timestep (`torch.Tensor` of shape `(B,)` or `int`): the diffusion timestep of the features.
             text_tokens (`torch.Tensor` of shape `(B, L, token_dim)`, *optional*): prompt token embeddings
-                (`encoder_hidden_states`) for the REC token-alignment head.
+                (`encoder_hidden_states`) for the REC token-alignment head; required with `read_text=True`.
         """
         names = self.config.layers
         if isinstance(features, Mapping):
@@ -344,7 +353,16 @@ class DiscriminativeAdapter(ModelMixin, ConfigMixin):
         # 1x1 conv of each map, resized to (h, w), summed, + pos + temb: a Triton kernel on CUDA (discadapt.kernels)
         weights, biases = [p.weight for p in self.proj], [p.bias for p in self.proj]
         tokens = adapter_intake(maps, weights, biases, pos, temb, (h, w), dtype=self.dtype)  # (B, h*w, D)
-        memory = self.encoder(tokens)  # (B, h*w, D)
+        if self.config.read_text:
+            if text_tokens is None or text_tokens.shape[0] != batch:
+                found = "none" if text_tokens is None else f"shape {tuple(text_tokens.shape)}"
+                raise ValueError(
+                    f"This adapter reads the prompt (read_text=True): pass `text_tokens` of shape (B={batch}, L, "
+                    f"{self.config.token_dim}), the prompts' encoder_hidden_states (got {found})."
+                )
+            words = self.text_proj(text_tokens.to(tokens.dtype)) + self.text_type.to(tokens.dtype)
+            tokens = torch.cat([tokens, words], dim=1)  # (B, h*w + L, D)
+        memory = self.encoder(tokens)  # (B, h*w [+ L], D)
         queries = self.decoder(self.queries.expand(batch, -1, -1).to(memory.dtype), memory)  # (B, Q, D)
         itm, rec = queries.split([self.config.num_itm_queries, self.config.num_rec_queries], dim=1)
         token_embeds = None

@@ -167,3 +167,25 @@ def test_itm_text_tokens_is_the_masked_token_mean(sd_pipe, latents):
         DiscriminativeAdapter(layers=["mid_block"], in_channels=[4], text_dim=4, token_dim=4, itm_text="cls")
     with pytest.raises(ValueError, match=r"`text_dim` \(8\) must equal `token_dim` \(4\)"):
         DiscriminativeAdapter(layers=["mid_block"], in_channels=[4], text_dim=8, token_dim=4, itm_text="tokens")
+
+
+def test_read_text_puts_the_prompt_tokens_in_the_memory(sd_pipe, latents, tmp_path):
+    torch.manual_seed(0)
+    adapter = DiscriminativeAdapter.for_pipeline(sd_pipe, read_text=True, **SMALL).eval()
+    feats, ehs = _features(adapter, sd_pipe, latents)
+    out = adapter(feats, 400, text_tokens=ehs)
+    # the same UNet features with other words give other ITM embeddings: the adapter reads the text itself
+    other = adapter(feats, 400, text_tokens=ehs.flip(1))
+    assert not torch.allclose(out.itm_embeds, other.itm_embeds)
+    # and the words enter as the encoder's extra tokens: the projection gets a gradient from the ITM embeddings
+    out.itm_embeds.sum().backward()
+    assert adapter.text_proj.weight.grad.abs().sum() > 0 and adapter.text_type.grad.abs().sum() > 0
+    # a plain adapter has no such weights; read_text survives save and load
+    assert not hasattr(DiscriminativeAdapter.for_pipeline(sd_pipe, **SMALL), "text_proj")
+    adapter.save_pretrained(tmp_path)
+    loaded = DiscriminativeAdapter.from_pretrained(tmp_path).eval()
+    assert loaded.config.read_text and torch.equal(loaded(feats, 400, text_tokens=ehs).itm_embeds, out.itm_embeds)
+    with pytest.raises(ValueError, match=r"read_text=True\): pass `text_tokens` of shape \(B=3, L, 32\).*got none"):
+        adapter(feats, 400)
+    with pytest.raises(ValueError, match=r"got shape \(2, 6, 32\)"):
+        adapter(feats, 400, text_tokens=ehs[:2])

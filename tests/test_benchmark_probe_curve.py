@@ -1,0 +1,31 @@
+"""benchmarks/probe_curve.py (issue 12's stage-1 learning curve): trained in slices, resumed, extended."""
+
+import json
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import probe_curve  # noqa: E402
+
+SMALL = ["--probe-examples", "1", "--items", "2", "--batch-size", "2"]
+
+
+def _weights(folder: Path) -> dict:
+    return load_file(next(folder.glob("*.safetensors")))
+
+
+def test_the_curve_in_slices_equals_one_run_and_extends(tmp_path, capsys):
+    probe_curve.main(["--out", str(tmp_path / "whole"), "--at", "4", *SMALL])
+    probe_curve.main(["--out", str(tmp_path / "sliced"), "--at", "2", "4", *SMALL])
+    whole, sliced = _weights(tmp_path / "whole" / "adapter-4"), _weights(tmp_path / "sliced" / "adapter-4")
+    assert whole.keys() == sliced.keys() and all((whole[k] == sliced[k]).all() for k in whole)
+
+    first = json.loads((tmp_path / "sliced" / "curve.json").read_text())["points"]
+    probe_curve.main(["--out", str(tmp_path / "sliced"), "--at", "2", "4", "6", *SMALL])  # only step 6 is new
+    points = json.loads((tmp_path / "sliced" / "curve.json").read_text())["points"]
+    assert [p["step"] for p in points] == [2, 4, 6] and points[:2] == first
+    for point in points:
+        assert point["samples"] == 2 * point["step"]
+        assert all(0 <= point[c] <= 1 for c in ("single", "two_objects", "counting", "spatial", "referring"))

@@ -6,10 +6,13 @@
   still ranked against each other, so what the adapter gets right there it gets from the captions alone (a text
   prior), not from the image;
 - `--per-split`: the table on each held-out split alone (`test_id`: seen attribute-shape combinations in new scenes,
-  `test_ood`: unseen combinations), with `--denoising` the pipeline's own denoising error (10 t) beside it.
+  `test_ood`: unseen combinations), with `--denoising` the pipeline's own denoising error (10 t) beside it;
+- `--items N`: ITM text side, image side and REC@0.5 on N items of each split, the training split's first N (items
+  the adapter trained on) included: underfitting or failing to generalise.
 
     python benchmarks/adapter_readout.py [--adapter DIR] --t 250 --t 100 250 400 --t 50 150 250 350 450 [--blind]
-    python benchmarks/adapter_readout.py --adapter runs/probe-curve/adapter-3000 --t 250 --per-split --denoising
+    python benchmarks/adapter_readout.py --adapter runs/probe-curve/adapter-3000 --t 250 --per-split --denoising \
+        --items 250
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import set_threads  # noqa: E402
-from probe_curve import T, hard_negatives  # noqa: E402
+from probe_curve import T, hard_negatives, item_accuracies  # noqa: E402
 
 from discadapt.adapter import DiscriminativeAdapter  # noqa: E402
 from discadapt.scorers import DenoisingScorer  # noqa: E402
@@ -37,6 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--blind", action="store_true", help="also score with blank images instead of the scenes")
     parser.add_argument("--per-split", action="store_true", help="each held-out split alone")
     parser.add_argument("--denoising", action="store_true", help="also the denoising score (10 timesteps)")
+    parser.add_argument("--items", type=int, help="also the ITM sides and REC on this many items of each split")
     parser.add_argument("--probe-examples", type=int, default=100)
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
@@ -52,6 +56,9 @@ def main(argv=None) -> int:
             options = {"t": row.get("t", T), "blank": row.get("blind", False), "splits": split, "scorer": scorer}
             found = hard_negatives(pipe, adapter, args.probe_examples, **options)
             print(json.dumps({**row, "splits": split, **{k: round(v, 3) for k, v in found.items()}}), flush=True)
+    for split in ("train", *SPLITS) if args.items else ():
+        found = item_accuracies(pipe, adapter, args.items, splits=[split])
+        print(json.dumps({"items": split, **{k: v and round(v, 3) for k, v in found.items()}}), flush=True)
     return 0
 
 

@@ -66,10 +66,11 @@ def hard_negatives(pipe, adapter, n: int, t=T, blank: bool = False, splits=SPLIT
     return {c: iv.estimate for c, iv in hard_negative_accuracy(scorer, n=n, splits=splits).items()}
 
 
-def item_accuracies(pipe, adapter, n: int) -> dict:
-    """ITM text side, image side and REC@0.5 over `n` held-out items of all categories per split, at t=T."""
+def item_accuracies(pipe, adapter, n: int, splits=SPLITS) -> dict:
+    """ITM text side, image side and REC@0.5 over `n` items of all categories per split (pooled), at t=T. The
+    "train" split with seed 0 gives the first items the adapter trained on."""
     hits = {"itm_text": [0, 0], "itm_image": [0, 0], "rec": [0, 0]}
-    for split in SPLITS:
+    for split in splits:
         items = ShapeWorldItems(n, split=split, seed=0, image_size=32)
         found = evaluate_adapter(pipe, adapter, items, timesteps=[T], batch_size=25, seed=0)["all"]
         for kind, (right, total) in hits.items():

@@ -8,8 +8,8 @@ slice the adapter is measured on held-out scenes (never on training ones):
 - the text side against hard negatives per category (`probing.hard_negative_accuracy`, 100 scenes per category
   and split, t=250: the demo's probing table, where the base model's own denoising error scores .930 / .880 /
   .785 / .390 / .435);
-- ITM text side, image side and REC@0.5 over all categories (`probing.adapter_table`'s measure, 250 items per
-  split).
+- ITM text side, image side and REC@0.5 over all categories (`probing.adapter_item_results`, as the demo's adapter
+  table, 250 items per split).
 
 The learning rate is constant, so the adapter at step K equals that of a K-step run. Resumable: the training run
 keeps checkpoints, and OUT/curve.json gains a point per finished slice (the adapter of each in OUT/adapter-K); rerun
@@ -35,12 +35,11 @@ from discadapt.io import write_atomic  # noqa: E402
 from discadapt.scorers import AdapterScorer, FunctionScorer  # noqa: E402
 from discadapt.train import ProbeConfig  # noqa: E402
 from discadapt.train.engine import run_training  # noqa: E402
-from discadapt.train.evaluate import evaluate_adapter  # noqa: E402
 from discadapt.train.probe import ProbeObjective  # noqa: E402
 from discadapt.worlds.shapes.adapter_data import ShapeWorldItems  # noqa: E402
 from discadapt.worlds.shapes.bundle import load_pipeline  # noqa: E402
 from discadapt.worlds.shapes.plugin import TRAIN_EXAMPLES  # noqa: E402
-from discadapt.worlds.shapes.probing import SPLITS, hard_negative_accuracy  # noqa: E402
+from discadapt.worlds.shapes.probing import SPLITS, adapter_item_results, hard_negative_accuracy  # noqa: E402
 
 T = 250  # the demo's probing timestep (rows.ADAPTER_T)
 BUNDLED = {  # the bundled stage-1 adapter's settings (README, "DPT on the world")
@@ -67,16 +66,10 @@ def hard_negatives(pipe, adapter, n: int, t=T, blank: bool = False, splits=SPLIT
 
 
 def item_accuracies(pipe, adapter, n: int, splits=SPLITS) -> dict:
-    """ITM text side, image side and REC@0.5 over `n` items of all categories per split (pooled), at t=T. The
-    "train" split with seed 0 gives the first items the adapter trained on."""
-    hits = {"itm_text": [0, 0], "itm_image": [0, 0], "rec": [0, 0]}
-    for split in splits:
-        items = ShapeWorldItems(n, split=split, seed=0, image_size=32)
-        found = evaluate_adapter(pipe, adapter, items, timesteps=[T], batch_size=25, seed=0)["all"]
-        for kind, (right, total) in hits.items():
-            count = found[f"n_{kind}"]
-            hits[kind] = [right + (round(found[kind] * count) if count else 0), total + count]
-    return {kind: right / total if total else None for kind, (right, total) in hits.items()}
+    """ITM text side, image side and REC@0.5 over `n` items of all categories per split (pooled), at t=T
+    (`probing.adapter_item_results`). The "train" split gives the first items the adapter trained on."""
+    found = adapter_item_results(pipe, adapter, n=n, t=T, splits=splits)
+    return {kind: sum(right) / len(right) if right else None for kind, right in found.items()}
 
 
 def main(argv=None) -> int:
@@ -123,8 +116,7 @@ def main(argv=None) -> int:
         adapter.save_pretrained(out / f"adapter-{mark}")
         adapter.eval()
         point.update(hard_negatives(pipe, adapter, args.probe_examples))
-        point.update(item_accuracies(pipe, adapter, args.items))
-        adapter.train()
+        point.update(item_accuracies(pipe, adapter, args.items))  # the next slice builds its objective anew
         point["seconds_train"], point["seconds_eval"] = trained, time.perf_counter() - began - trained
         curve["points"].append(point)
         write_atomic(curve_path, json.dumps(curve, indent=1) + "\n")

@@ -77,7 +77,7 @@ def test_correction_rows_and_adapter_probing_row(world):
 def test_adapter_table_pools_evaluate_adapter(world):
     from discadapt.train import evaluate_adapter
     from discadapt.worlds.shapes.adapter_data import ShapeWorldItems
-    from discadapt.worlds.shapes.probing import adapter_table
+    from discadapt.worlds.shapes.probing import adapter_item_results, adapter_table
 
     pipe, adapter = world
     table = adapter_table({"probe": (pipe, adapter)}, n=10, t=100, splits=["test_id", "test_ood"])
@@ -89,6 +89,11 @@ def test_adapter_table_pools_evaluate_adapter(world):
     assert table.rows[0][0] == "probe" and len(table.rows[0]) == 4
     for cell, (hits, total) in zip(table.rows[0][1:], want.values()):
         assert cell.startswith(f"{hits / total:.3f} [")
+    # the table's pooling is `adapter_item_results`: one right/wrong per item of each kind
+    right = adapter_item_results(pipe, adapter, n=10, t=100, splits=["test_id", "test_ood"])
+    assert {kind: [sum(r), len(r)] for kind, r in right.items()} == want
+    with pytest.raises(ValueError, match=r"`n` is 0; pass an int >= 1"):
+        adapter_item_results(pipe, adapter, n=0)
 
 
 def test_lora_bundle_tuned_rows_and_demo_rows(world_root, world, tmp_path):

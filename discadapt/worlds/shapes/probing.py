@@ -35,7 +35,7 @@ from .dataset import make_dataset
 from .palette import check_choice
 from .render import render
 
-__all__ = ["adapter_table", "clip_scorer", "hard_negative_accuracy", "hard_negative_table"]
+__all__ = ["adapter_item_results", "adapter_table", "clip_scorer", "hard_negative_accuracy", "hard_negative_table"]
 
 SPLITS = ("test_id", "test_ood")
 
@@ -138,6 +138,37 @@ ADAPTER_KINDS = {"itm_text": "ITM text side", "itm_image": "ITM image side", "re
 
 
 @torch.no_grad()
+def adapter_item_results(
+    pipe, adapter, n: int = 250, t: int = 250, splits: Sequence[str] = SPLITS, seed: int = 0
+) -> dict[str, list[bool]]:
+    """Per kind of `ADAPTER_KINDS`, one right/wrong per item of `evaluate_adapter` on `n` items of each split (pooled).
+
+    Args:
+        pipe: the pipeline whose UNet the adapter reads; adapter (`DiscriminativeAdapter`): the adapter.
+        n (int): items per split (a fifth are referring expressions with a box). Default 250.
+        t (int): timestep of the noised image the adapter reads. Default 250.
+        splits (Sequence[str]): splits, pooled; "train" with the training run's seed gives items it trained on.
+            Default ("test_id", "test_ood").
+        seed (int): dataset and noise seed. Default 0.
+    """
+    from ...train.evaluate import evaluate_adapter
+    from .adapter_data import ShapeWorldItems
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"`n` is {n!r}; pass an int >= 1.")
+    right = {kind: [] for kind in ADAPTER_KINDS}
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    for split in splits:
+        items = ShapeWorldItems(n, split=split, seed=seed, image_size=size)
+        found = evaluate_adapter(pipe, adapter, items, timesteps=[t], batch_size=25, seed=seed)["all"]
+        for kind in ADAPTER_KINDS:
+            total = found[f"n_{kind}"]
+            hits = round(found[kind] * total) if total else 0
+            right[kind] += [True] * hits + [False] * (total - hits)
+    return right
+
+
+@torch.no_grad()
 def adapter_table(
     adapters: Mapping[str, tuple], n: int = 250, t: int = 250, splits: Sequence[str] = SPLITS, seed: int = 0
 ) -> Table:
@@ -150,22 +181,9 @@ def adapter_table(
         splits (Sequence[str]): held-out splits, pooled. Default ("test_id", "test_ood").
         seed (int): dataset and noise seed. Default 0.
     """
-    from ...train.evaluate import evaluate_adapter
-    from .adapter_data import ShapeWorldItems
-
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"`n` is {n!r}; pass an int >= 1.")
     rows = []
     for name, (pipe, adapter) in adapters.items():
-        right = {kind: [] for kind in ADAPTER_KINDS}
-        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        for split in splits:
-            items = ShapeWorldItems(n, split=split, seed=seed, image_size=size)
-            found = evaluate_adapter(pipe, adapter, items, timesteps=[t], batch_size=25, seed=seed)["all"]
-            for kind in ADAPTER_KINDS:
-                total = found[f"n_{kind}"]
-                hits = round(found[kind] * total) if total else 0
-                right[kind] += [True] * hits + [False] * (total - hits)
+        right = adapter_item_results(pipe, adapter, n=n, t=t, splits=splits, seed=seed)
         rows.append([name, *[str(bootstrap_ci(right[kind], seed=seed)) if right[kind] else None for kind in right]])
     return Table(
         f"discriminative adapter on held-out items at t={t} [95% CI]",

@@ -19,6 +19,8 @@ from discadapt.losses import (
     box_cxcywh_to_xyxy,
     box_iou,
     box_xyxy_to_cxcywh,
+    denoising_contrast_loss,
+    denoising_errors,
     denoising_loss,
     denoising_target,
     generalized_box_iou,
@@ -623,6 +625,43 @@ def test_denoising_loss_matches_reference(prediction_type):
     assert min_snr_weights(snr(scheduler, t), gamma, prediction_type).tolist() == pytest.approx(weights, rel=1e-12)
     expected = sum(w * m for w, m in zip(weights, mse)) / 3
     assert denoising_loss(pred, x0, noise, t, scheduler, snr_gamma=gamma).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_denoising_errors_are_the_per_sample_loss():
+    pred, x0, noise, t = denoise_inputs(seed=3)
+    scheduler = schedule("v_prediction")
+    errors = denoising_errors(pred, x0, noise, t, scheduler)
+    assert errors.shape == (3,)
+    expected = (pred - denoising_target(x0, noise, t, scheduler)).pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(errors, expected, rtol=1e-12, atol=0)
+    assert denoising_loss(pred, x0, noise, t, scheduler).item() == pytest.approx(errors.mean().item(), rel=1e-12)
+
+
+def test_denoising_contrast_loss_matches_reference_and_pushes_the_negatives_up():
+    errors = torch.tensor([[0.50, 0.60, 0.40], [0.20, 0.25, math.inf]], dtype=torch.float64, requires_grad=True)
+    tau = 0.05
+    expected = []
+    for row in errors.tolist():
+        weights = [e ** (-1 / tau) for e in row]  # softmax of -log(E) / tau, pads weigh 0
+        expected.append(-math.log(weights[0] / sum(weights)))
+    loss = denoising_contrast_loss(errors, tau)
+    assert loss.item() == pytest.approx(sum(expected) / 2, rel=1e-10)
+    loss.backward()
+    grad = errors.grad
+    assert grad[0, 0] > 0 and grad[1, 0] > 0  # the caption's error goes down
+    assert grad[0, 1] < 0 and grad[0, 2] < 0 and grad[1, 1] < 0  # the negatives' go up
+    assert grad[1, 2] == 0  # the pad takes no part
+    # a caption that explains the noise far better than its negatives costs almost nothing
+    assert denoising_contrast_loss(torch.tensor([[0.1, 1.0, 2.0]]), tau).item() < 1e-12
+
+
+def test_denoising_contrast_loss_input_checks():
+    with pytest.raises(ValueError, match=r"`errors` is \(3,\); pass a \(B, 1 \+ k\) table"):
+        denoising_contrast_loss(torch.ones(3), 0.05)
+    with pytest.raises(ValueError, match=r"`errors` is \(2, 1\)"):
+        denoising_contrast_loss(torch.ones(2, 1), 0.05)
+    with pytest.raises(ValueError, match=r"`temperature` is 0; pass a number > 0"):
+        denoising_contrast_loss(torch.ones(2, 3), 0)
 
 
 def test_min_snr_weights_at_extreme_snr():

@@ -243,6 +243,56 @@ def test_tune_with_gradient_checkpointing_takes_the_same_step(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
 
 
+def test_tune_denoising_contrast_equals_the_errors_computed_by_hand():
+    """The contrast term of a micro-batch: each text-side row's image, noised as its denoising pair, under the
+    caption and the row's negatives, through the UNet one caption at a time."""
+    from discadapt.losses import denoising_contrast_loss, denoising_errors
+    from discadapt.scoring import add_noise, encode_images
+    from discadapt.text import encode_text
+
+    items, pipe = toy_items(), tiny_sd_pipeline()
+    config = tune_config(contrast_weight=2.0, contrast_temperature=0.1, itm_weight=0, rec_weight=0)
+    adapter = DiscriminativeAdapter.for_pipeline(pipe, config.layers, **config.adapter_config)
+    loss_module = objective_module.DiscriminativeLoss(pipe, adapter, config, train_unet=True)
+    builder = BatchBuilder(items, pipe.tokenizer, (4, 16, 16), 32, 1000, 0, 2, 1, random_negatives=False, denoise=True)
+    batch = builder.build([(0, 0), (1, 1), (2, 2)])
+    with torch.no_grad():
+        latents, text = encode_images(pipe, batch.images), encode_text(pipe, batch.texts)
+        losses = loss_module(latents, text, batch, 1.0)
+        rows = []
+        for sample, row in zip(batch.text_rows.tolist(), batch.text_table.tolist()):
+            d = batch.denoise_images.tolist().index(sample)
+            t, noise = batch.denoise_timesteps[d : d + 1], batch.denoise_noise[d : d + 1]
+            x0 = latents[sample : sample + 1]
+            x_t = add_noise(pipe.scheduler.alphas_cumprod, x0, noise, t)
+            errors = []
+            for k in row:
+                if k < 0:
+                    errors.append(torch.tensor([float("inf")], dtype=torch.float64))
+                    continue
+                hidden = text.index(batch.pairs[k : k + 1, 1]).encoder_hidden_states
+                pred = pipe.unet(x_t, t, hidden).sample
+                errors.append(denoising_errors(pred, x0, noise, t, pipe.scheduler).double())
+            rows.append(torch.cat(errors))
+    assert len(rows) == 3 and all(len(r) == 3 for r in rows)  # k_t = 2; items 1 and 2 have one negative: a pad
+    assert [bool(torch.isinf(r).any()) for r in rows] == [False, True, True]
+    expected = denoising_contrast_loss(torch.stack(rows), 0.1)
+    torch.testing.assert_close(losses["loss_contrast"].double(), expected, rtol=1e-4, atol=1e-6)
+    total = 2.0 * losses["loss_contrast"].item() + losses["loss_denoise"].item()
+    assert losses["loss"].item() == pytest.approx(total, rel=1e-5)
+
+
+def test_tune_on_the_denoising_contrast_alone_moves_the_lora(tmp_path):
+    pipe = tiny_sd_pipeline()
+    config = tune_config(steps=2, contrast_weight=1.0, denoise_weight=0, itm_weight=0, rec_weight=0.0)
+    result = train_tune(pipe, toy_items(), tmp_path / "run", config, progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all("loss_contrast" in line and "loss_denoise" not in line for line in logged)
+    assert all(line["loss"] == pytest.approx(line["loss_contrast"]) and line["loss"] > 0 for line in logged)
+    lora = {k: v for k, v in state(pipe.unet).items() if "lora_B" in k}
+    assert result["done"] and any(v.abs().sum() > 0 for v in lora.values())
+
+
 @pytest.mark.parametrize("how", ["stop_after", "crash"])
 def test_tune_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch, how):
     items = ShapeWorldItems(8, seed=2)
@@ -412,6 +462,12 @@ def test_bad_items_are_refused_by_the_training_entry_point(tmp_path):
 def test_config_checks_name_the_argument_and_the_fix():
     with pytest.raises(ValueError, match=r"`lora_rank` is 0; pass an int >= 1"):
         TuneConfig(lora_rank=0)
+    with pytest.raises(ValueError, match=r"`contrast_weight` is -1; pass a finite number >= 0"):
+        TuneConfig(contrast_weight=-1)
+    with pytest.raises(ValueError, match=r"`contrast_temperature` is 0; pass a number > 0"):
+        TuneConfig(contrast_temperature=0)
+    with pytest.raises(ValueError, match=r"`contrast_weight` is > 0 but `num_neg_captions` is 0"):
+        TuneConfig(contrast_weight=1.0, num_neg_captions=0)
     args = _parse(["tune", "--tiny", "--shapes", "4", "--out", "x", "--lora-rank", "0"])
     with pytest.raises(ValueError, match=r"`lora_rank` is 0"):
         args.func(args)

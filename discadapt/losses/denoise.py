@@ -19,6 +19,15 @@ with w_b = 1, or the min-SNR-gamma weight (Hang et al., ICCV 2023) of SNR_t = ab
 (the same weighting in x_0 space, rewritten for each parameterisation; the paper recommends gamma = 5).
 Computed in float32 (float64 for float64 inputs) with autocast disabled.
 
+`denoising_contrast_loss` turns the same errors into a discriminative loss (the denoising score of Diffusion-ITM,
+Krojer et al. 2023, as a training signal): for an image noised once and denoised under its caption and k
+hard-negative captions, with E_j = mean_{c,h,w} (f_j - target)^2 (`denoising_errors`),
+
+    L = cross-entropy over j of the scores -log(E_j) / tau, towards the caption (j = 0)
+
+so the caption must explain the noise better than its negatives by a ratio of about exp(tau), after which the loss
+fades (the log makes tau independent of the timestep's error scale).
+
 Example:
     >>> scheduler = pipe.scheduler                                    # DDPM/DDIM/Euler... with alphas_cumprod
     >>> noisy = scheduler.add_noise(latents, noise, t)
@@ -31,10 +40,19 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ._precision import full_precision, upcast
 
-__all__ = ["PREDICTION_TYPES", "denoising_loss", "denoising_target", "min_snr_weights", "snr"]
+__all__ = [
+    "PREDICTION_TYPES",
+    "denoising_contrast_loss",
+    "denoising_errors",
+    "denoising_loss",
+    "denoising_target",
+    "min_snr_weights",
+    "snr",
+]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -165,6 +183,22 @@ def _check_same_shape(**tensors: torch.Tensor) -> None:
         )
 
 
+def denoising_errors(
+    model_pred: torch.Tensor,
+    sample: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    scheduler,
+    prediction_type: str | None = None,
+) -> torch.Tensor:
+    """Per-sample mean squared error of the prediction against the scheduler's target (arguments as
+    `denoising_loss`); `torch.Tensor` of shape `(B,)`, float32 (float64 for float64 inputs)."""
+    _check_same_shape(model_pred=model_pred, sample=sample, noise=noise)
+    target = denoising_target(sample, noise, timesteps, scheduler, prediction_type)  # (B, ...)
+    with full_precision(target.device):
+        return (upcast(model_pred).to(target.device) - target).pow(2).flatten(1).mean(dim=1)
+
+
 def denoising_loss(
     model_pred: torch.Tensor,
     sample: torch.Tensor,
@@ -189,13 +223,31 @@ def denoising_loss(
     Returns:
         `torch.Tensor`, scalar, float32 (float64 for float64 inputs).
     """
-    abar, prediction_type = _schedule(scheduler, prediction_type)
-    _check_same_shape(model_pred=model_pred, sample=sample, noise=noise)
-    target = denoising_target(sample, noise, timesteps, scheduler, prediction_type)  # (B, ...)
-    with full_precision(target.device):
-        error = (upcast(model_pred).to(target.device) - target).pow(2)  # (B, ...)
-        per_sample = error.flatten(1).mean(dim=1)  # (B,)
-        if snr_gamma is None:
-            return per_sample.mean()
+    _, prediction_type = _schedule(scheduler, prediction_type)
+    per_sample = denoising_errors(model_pred, sample, noise, timesteps, scheduler, prediction_type)  # (B,)
+    if snr_gamma is None:
+        return per_sample.mean()
+    with full_precision(per_sample.device):
         weights = min_snr_weights(snr(scheduler, timesteps), snr_gamma, prediction_type)  # (B,), float64
         return (weights.to(per_sample) * per_sample).mean()
+
+
+def denoising_contrast_loss(errors: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy towards column 0 of the scores -log(E) / tau (see the module docstring).
+
+    Args:
+        errors (`torch.Tensor` of shape `(B, 1 + k)`): `denoising_errors` of one noised image under its caption
+            (column 0) and k >= 1 negative captions; `inf` pads a missing negative.
+        temperature (`float`): tau > 0, in units of log error ratio.
+
+    Returns:
+        `torch.Tensor`, scalar, float32 (float64 for float64 errors).
+    """
+    if not isinstance(errors, torch.Tensor) or errors.ndim != 2 or errors.shape[1] < 2:
+        shape = tuple(errors.shape) if isinstance(errors, torch.Tensor) else type(errors).__name__
+        raise ValueError(f"`errors` is {shape}; pass a (B, 1 + k) table with k >= 1 negatives in columns 1..k.")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+        raise ValueError(f"`temperature` is {temperature!r}; pass a number > 0 (a log error ratio, e.g. 0.05).")
+    with full_precision(errors.device):
+        scores = -upcast(errors).clamp(min=torch.finfo(torch.float32).tiny).log() / temperature  # inf -> -inf
+        return F.cross_entropy(scores, torch.zeros(scores.shape[0], dtype=torch.int64, device=scores.device))

@@ -108,6 +108,8 @@ def _config(args, stage: str):
         lora_lr=args.lora_lr,
         denoise_weight=args.denoise_weight,
         snr_gamma=args.snr_gamma,
+        contrast_weight=args.contrast_weight,
+        contrast_temperature=args.contrast_temperature,
     )
 
 
@@ -237,6 +239,13 @@ def add_commands(subparsers) -> None:
     t.add_argument("--lora-lr", type=float, help="learning rate of the LoRA (default --lr)")
     t.add_argument("--denoise-weight", type=float, default=1.0, help="weight of the denoising loss (default 1)")
     t.add_argument("--snr-gamma", type=float, help="min-SNR gamma of the denoising loss (default: plain MSE)")
+    t.add_argument(
+        "--contrast-weight", type=float, default=0.0,
+        help="weight of the denoising-contrast loss: the caption must denoise better than its negatives (default 0)",
+    )  # fmt: skip
+    t.add_argument(
+        "--contrast-temperature", type=float, default=0.05, help="its temperature, in log error ratio (default 0.05)"
+    )
     t.set_defaults(func=tune)
 
 

@@ -245,6 +245,13 @@ class TuneConfig(TrainConfig):
     lora_lr: float | None = _help("Learning rate of the LoRA weights; None means `lr`.", None)
     denoise_weight: float = _help("Weight of the denoising loss in the total (keeps the model generative).", 1.0)
     snr_gamma: float | None = _help("Min-SNR gamma of the denoising loss (5.0 in Hang et al.); None: plain MSE.", None)
+    contrast_weight: float = _help(
+        "Weight of the denoising-contrast loss: each captioned image, noised once at its denoising timestep, must be "
+        "denoised better under its caption than under its hard-negative captions (`losses.denoising_contrast_loss`; "
+        "0: off).",
+        0.0,
+    )
+    contrast_temperature: float = _help("Temperature of the denoising-contrast loss, in log error ratio.", 0.05)
 
     def __post_init__(self):
         if not _is_int(self.lora_rank) or self.lora_rank < 1:
@@ -269,10 +276,22 @@ class TuneConfig(TrainConfig):
             raise ValueError(f"`denoise_weight` is {self.denoise_weight!r}; pass a finite number >= 0 (0: off).")
         if self.snr_gamma is not None and (not _is_number(self.snr_gamma) or self.snr_gamma <= 0):
             raise ValueError(f"`snr_gamma` is {self.snr_gamma!r}; pass a value > 0 (5.0 is usual), or None.")
+        if not _is_number(self.contrast_weight) or self.contrast_weight < 0:
+            raise ValueError(f"`contrast_weight` is {self.contrast_weight!r}; pass a finite number >= 0 (0: off).")
+        if not _is_number(self.contrast_temperature) or self.contrast_temperature <= 0:
+            raise ValueError(
+                f"`contrast_temperature` is {self.contrast_temperature!r}; pass a number > 0 (0.05: a 5% error ratio)."
+            )
         super().__post_init__()
 
     def _check_losses(self) -> None:
-        if self.itm_weight == 0 and self.rec_weight == 0 and self.denoise_weight == 0:
+        if self.itm_weight == 0 and self.rec_weight == 0 and self.denoise_weight == 0 and self.contrast_weight == 0:
             raise ValueError(
-                "`itm_weight`, `rec_weight` and `denoise_weight` are all 0, so nothing trains; set one > 0."
+                "`itm_weight`, `rec_weight`, `denoise_weight` and `contrast_weight` are all 0, so nothing trains; set "
+                "one > 0."
+            )
+        if self.contrast_weight > 0 and self.num_neg_captions == 0:
+            raise ValueError(
+                "`contrast_weight` is > 0 but `num_neg_captions` is 0: the denoising contrast needs negative "
+                "captions; set `num_neg_captions` >= 1 or `contrast_weight=0`."
             )

@@ -11,9 +11,11 @@ sees the adapter's and, in stage 2, the LoRA's parameters; the frozen ones need 
    the REC heads;
 3. losses: the ITM contrastive losses (`discadapt.losses.itm`) over the text-side, image-side and in-batch
    tables, `RECLoss` on the REC pairs (boxes normalised by the number of boxes over all processes), and in
-   stage 2 `denoising_loss` of a full UNet pass on each positive (image, caption) at its own uniform timestep;
+   stage 2 `denoising_loss` of a full UNet pass on each positive (image, caption) at its own uniform timestep, and
+   optionally `denoising_contrast_loss`: the same noised image denoised under the caption's hard-negative captions
+   (those of its text-side row), whose errors must exceed the caption's;
 
-    L = itm_weight * L_itm + rec_weight * L_rec [+ denoise_weight * L_denoise]
+    L = itm_weight * L_itm + rec_weight * L_rec [+ denoise_weight * L_denoise + contrast_weight * L_contrast]
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ import torch
 from torch import nn
 
 from ..adapter import AdapterOutput, DiscriminativeAdapter
-from ..losses import RECLoss, denoising_loss, in_batch_loss, multiple_choice_loss
+from ..losses import (
+    RECLoss,
+    denoising_contrast_loss,
+    denoising_errors,
+    denoising_loss,
+    in_batch_loss,
+    multiple_choice_loss,
+)
 from ..probe import FeatureProbe
 from ..scoring import add_noise
 from ..text import TextEmbeddings, get_unet, unet_text_kwargs
@@ -119,7 +128,7 @@ class DiscriminativeLoss(nn.Module):
 
         Returns:
             `dict[str, torch.Tensor]`: `loss` and its parts (`loss_itm`, `loss_itm_text`, ..., `loss_rec`,
-            `loss_denoise`), float32 scalars.
+            `loss_denoise`, `loss_contrast`), float32 scalars.
         """
         c = self.config
         logits, out = pair_outputs(
@@ -163,17 +172,40 @@ class DiscriminativeLoss(nn.Module):
             rec = self.rec(rec_out, targets, token_mask=token_mask, num_boxes=num_boxes)
             losses["loss_rec"] = rec["loss"]
             losses["loss"] = losses["loss"] + c.rec_weight * rec["loss"]
-        if isinstance(c, TuneConfig) and c.denoise_weight and len(batch.denoise_images):
-            losses["loss_denoise"] = self._denoise(latents, text, batch)
-            losses["loss"] = losses["loss"] + c.denoise_weight * losses["loss_denoise"]
+        tune = isinstance(c, TuneConfig) and len(batch.denoise_images)
+        if tune and (c.denoise_weight or c.contrast_weight):
+            x0, noise, t = self._denoise_inputs(latents, batch)
+            pred = self._predict(x0, noise, t, text.index(batch.denoise_texts))
+            if c.denoise_weight:
+                losses["loss_denoise"] = denoising_loss(pred, x0, noise, t, self.pipe.scheduler, snr_gamma=c.snr_gamma)
+                losses["loss"] = losses["loss"] + c.denoise_weight * losses["loss_denoise"]
+            if c.contrast_weight and len(batch.text_rows):
+                errors = denoising_errors(pred, x0, noise, t, self.pipe.scheduler)  # (B_c,)
+                losses["loss_contrast"] = self._contrast(errors, x0, noise, t, text, batch)
+                losses["loss"] = losses["loss"] + c.contrast_weight * losses["loss_contrast"]
         return losses
 
-    def _denoise(self, latents: torch.Tensor, text: TextEmbeddings, batch: Batch) -> torch.Tensor:
-        """Denoising loss of the positive (image, caption) pairs, each at its own uniform timestep."""
+    def _denoise_inputs(self, latents: torch.Tensor, batch: Batch):
+        """Clean latents, noise and uniform timesteps of the positive (image, caption) pairs."""
         x0 = latents[batch.denoise_images]  # (B_c, C, h, w)
-        noise = batch.denoise_noise.to(x0.dtype)
-        t = batch.denoise_timesteps
+        return x0, batch.denoise_noise.to(x0.dtype), batch.denoise_timesteps
+
+    def _predict(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: TextEmbeddings) -> torch.Tensor:
+        """The UNet's prediction on x0 noised with `noise` at `t`, conditioned on `text` (one per row)."""
         x_t = add_noise(self.pipe.scheduler.alphas_cumprod, x0, noise, t)
-        sub = text.index(batch.denoise_texts)
-        pred = self.unet(x_t, t, sub.encoder_hidden_states, **unet_text_kwargs(self.pipe, sub, x_t)).sample
-        return denoising_loss(pred, x0, noise, t, self.pipe.scheduler, snr_gamma=self.config.snr_gamma)
+        return self.unet(x_t, t, text.encoder_hidden_states, **unet_text_kwargs(self.pipe, text, x_t)).sample
+
+    def _contrast(self, errors, x0, noise, t, text: TextEmbeddings, batch: Batch) -> torch.Tensor:
+        """Denoising-contrast loss of the text-side rows: each row's image, noised as its denoising pair, under the
+        row's negative captions; `errors` (B_c,) are the positives' (column 0)."""
+        where = torch.full((len(batch.images),), -1, dtype=torch.long, device=errors.device)
+        where[batch.denoise_images] = torch.arange(len(batch.denoise_images), device=errors.device)
+        rows = where[batch.text_rows]  # (R,): each row's denoising pair
+        negatives = batch.text_table[:, 1:]  # (R, k) pair indices, -1 pads
+        row, col = (negatives >= 0).nonzero(as_tuple=True)
+        d = rows[row]
+        texts = batch.pairs[negatives[row, col], 1]
+        pred = self._predict(x0[d], noise[d], t[d], text.index(texts))
+        table = torch.full(negatives.shape, float("inf"), dtype=errors.dtype, device=errors.device)
+        table[row, col] = denoising_errors(pred, x0[d], noise[d], t[d], self.pipe.scheduler)
+        return denoising_contrast_loss(torch.cat([errors[rows, None], table], dim=1), self.config.contrast_temperature)

@@ -202,7 +202,7 @@ class ProbeObjective(Objective):
             in_batch_negatives=config.in_batch_negatives,
             timesteps=config.timesteps,
             timestep_range=config.timestep_range,
-            denoise=self.train_unet and getattr(config, "denoise_weight", 0) > 0,
+            denoise=self.train_unet and any(getattr(config, w, 0) > 0 for w in ("denoise_weight", "contrast_weight")),
         )
         micro = MicroBatches(
             builder, config.batch_size, accelerator.num_processes, accelerator.process_index, first, count

@@ -1,0 +1,113 @@
+"""Issue 12, hypothesis 5: stage-2 variants (LoRAs of `discadapt tune --world` runs), chosen on train-split prompts.
+
+1. Base and each variant's LoRA (fused, so each costs what the base pipeline does) on *train-split* prompts
+   (`augment_shapes.train_prompts`, none of them a demo prompt), the oracle's accuracy per multi-object category;
+   the variant with the best multi-object mean is chosen here.
+2. With `--probing N`: what tuning did to the model's own discrimination, the denoising error's (10 t) hard-negative
+   accuracy per category on N rendered held-out scenes per category and split, for base and each variant.
+3. With `--held-out`: base and the chosen variant on the demo's held-out prompts (multi-object categories, 40 prompts
+   x 5 images), paired differences to base with 95% intervals, time per image.
+
+    python benchmarks/tuned_variants.py --out runs/tuned-variants --runs runs/tune-a runs/tune-b \
+        [--probing 40] [--held-out]
+
+Resumable (each stage is a `bench.run_suite` folder). Writes OUT/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import set_threads  # noqa: E402
+from augment_shapes import MULTI, train_prompts  # noqa: E402
+from correction_modes import STEPS, multi_mean  # noqa: E402
+
+from discadapt.bench import pipeline_method, run_suite  # noqa: E402
+from discadapt.interaction import fuse_enhancements  # noqa: E402
+from discadapt.scorers import DenoisingScorer  # noqa: E402
+from discadapt.worlds.shapes.bundle import load_pipeline  # noqa: E402
+from discadapt.worlds.shapes.probing import hard_negative_table  # noqa: E402
+from discadapt.worlds.shapes.rows import GUIDANCE, SCORE_BATCH  # noqa: E402
+from discadapt.worlds.shapes.suite import shapes_suite  # noqa: E402
+
+
+def tuned_pipeline(run: Path):
+    """The world pipeline with the LoRA of the finished tune run `run` fused into its UNet."""
+    if not (run / "lora").is_dir():
+        raise FileNotFoundError(f"{run / 'lora'} is missing: pass the folder of a finished `discadapt tune` run.")
+    pipe = load_pipeline()
+    fuse_enhancements(pipe, [run / "lora"])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pipelines(runs: dict[str, Path]) -> dict:
+    """base, then `name -> tuned pipeline` for each run."""
+    base = load_pipeline()
+    base.set_progress_bar_config(disable=True)
+    return {"base": base, **{name: tuned_pipeline(run) for name, run in runs.items()}}
+
+
+def methods(pipes: dict) -> dict:
+    return {name: pipeline_method(pipe, STEPS, GUIDANCE) for name, pipe in pipes.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--runs", nargs="+", required=True, help="finished `discadapt tune --world` run folders")
+    parser.add_argument("--prompts-per-category", type=int, default=40)
+    parser.add_argument("--images-per-prompt", type=int, default=2)
+    parser.add_argument("--probing", type=int, default=0, help="held-out scenes per category and split (0: off)")
+    parser.add_argument("--held-out", action="store_true")
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    out = Path(args.out)
+    runs = {Path(r).name: Path(r) for r in args.runs}
+    pipes = pipelines(runs)
+    # 1. the variants on train-split prompts
+    prompts = [p for p, c in train_prompts(args.prompts_per_category).items() if c in MULTI]
+    suite = shapes_suite(prompts=prompts, images_per_prompt=args.images_per_prompt)
+    train = run_suite(suite, methods(pipes), out / "train", batch_size=48, progress=False)
+    scores = {name: multi_mean(found) for name, found in train["methods"].items()}
+    chosen = max(runs, key=lambda name: scores[name])
+    summary = {
+        "train_multi_mean": scores,
+        "train_difference_to_base": {
+            name: found.get("difference_to_base", {}).get("all") for name, found in train["methods"].items()
+        },
+        "chosen": chosen,
+    }
+    print(json.dumps(summary, indent=1))
+    # 2. the model's own discrimination, base and tuned
+    if args.probing:
+        scorers = {name: DenoisingScorer(pipe, 10, batch_size=SCORE_BATCH) for name, pipe in pipes.items()}
+        table = hard_negative_table(scorers, n=args.probing)
+        print(table.format())
+        summary["probing"] = {"columns": table.columns, "rows": table.rows}
+    # 3. the chosen variant on the demo's held-out prompts
+    if args.held_out:
+        held = shapes_suite(list(MULTI), n_prompts=40, images_per_prompt=5)
+        found = run_suite(
+            held, methods({"base": pipes["base"], chosen: pipes[chosen]}), out / "held-out", progress=False
+        )
+        summary["held_out"] = {
+            name: {
+                "multi_mean": multi_mean(m),
+                "categories": {c: m["categories"][c]["accuracy"] for c in MULTI},
+                "difference_to_base": m.get("difference_to_base", {}),
+                "time_ratio": m["time_ratio"],
+            }
+            for name, m in found["methods"].items()
+        }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

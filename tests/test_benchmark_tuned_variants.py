@@ -1,0 +1,37 @@
+"""benchmarks/tuned_variants.py (issue 12, hypothesis 5): stage-2 runs compared on train-split prompts, the best
+chosen; the world CLI's `--contrast-weight` on the way."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import tuned_variants  # noqa: E402
+
+from discadapt.cli import main as cli  # noqa: E402
+
+
+def test_two_tune_runs_are_compared_on_train_prompts_and_one_is_chosen(tmp_path, capsys):
+    tune = ["tune", "--world", "--steps", "1", "--batch-size", "2", "--shapes", "8", "--eval-shapes", "1"]
+    tune += ["--lora-rank", "2", "--num-neg-captions", "2", "--no-progress"]
+    assert cli([*tune, "--out", str(tmp_path / "plain")]) == 0
+    assert cli([*tune, "--out", str(tmp_path / "contrast"), "--contrast-weight", "1"]) == 0
+    logged = json.loads((tmp_path / "contrast" / "log.jsonl").read_text().splitlines()[-1])
+    assert logged["loss_contrast"] > 0 and "loss_contrast" not in (tmp_path / "plain" / "log.jsonl").read_text()
+
+    out = tmp_path / "variants"
+    runs = [str(tmp_path / "plain"), str(tmp_path / "contrast")]
+    args = ["--out", str(out), "--runs", *runs, "--prompts-per-category", "1", "--images-per-prompt", "1", "--probing", "1"]
+    assert tuned_variants.main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["train_multi_mean"]) == {"base", "plain", "contrast"}
+    assert summary["chosen"] == max(["plain", "contrast"], key=lambda name: summary["train_multi_mean"][name])
+    assert all(0 <= v <= 1 for v in summary["train_multi_mean"].values())
+    assert [row[0] for row in summary["probing"]["rows"]] == ["base", "plain", "contrast"]
+
+
+def test_a_folder_without_a_lora_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="lora is missing: pass the folder of a finished `discadapt tune` run"):
+        tuned_variants.tuned_pipeline(tmp_path)

@@ -2,10 +2,10 @@
 
 1. Base and each variant's LoRA (fused, so each costs what the base pipeline does) on *train-split* prompts
    (`augment_shapes.train_prompts`, none of them a demo prompt), the oracle's accuracy per multi-object category;
-   the variant with the best multi-object mean is chosen here.
+   the variant with the best multi-object mean is chosen here (every variant tied for it, when several are).
 2. With `--probing N`: what tuning did to the model's own discrimination, the denoising error's (10 t) hard-negative
    accuracy per category on N rendered held-out scenes per category and split, for base and each variant.
-3. With `--held-out`: base and the chosen variant on the demo's held-out prompts (multi-object categories, 40 prompts
+3. With `--held-out`: base and the chosen variants on the demo's held-out prompts (multi-object categories, 40 prompts
    x 5 images), paired differences to base with 95% intervals, time per image.
 
     python benchmarks/tuned_variants.py --out runs/tuned-variants --runs runs/tune-a runs/tune-b \
@@ -31,12 +31,17 @@ from discadapt.interaction import fuse_enhancements  # noqa: E402
 from discadapt.scorers import DenoisingScorer  # noqa: E402
 from discadapt.worlds.shapes.bundle import load_pipeline  # noqa: E402
 from discadapt.worlds.shapes.probing import hard_negative_table  # noqa: E402
-from discadapt.worlds.shapes.rows import GUIDANCE, SCORE_BATCH  # noqa: E402
+from discadapt.worlds.shapes.rows import GUIDANCE, SCORE_BATCH, bundled_tuned  # noqa: E402
 from discadapt.worlds.shapes.suite import shapes_suite  # noqa: E402
 
 
 def tuned_pipeline(run: Path):
-    """The world pipeline with the LoRA of the finished tune run `run` fused into its UNet."""
+    """The world pipeline with the LoRA of the finished tune run `run` fused into its UNet; `bundled`: the bundled
+    stage-2 LoRA (the demo's tuned row)."""
+    if str(run) == "bundled":
+        pipe = bundled_tuned()[0]
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     if not (run / "lora").is_dir():
         raise FileNotFoundError(f"{run / 'lora'} is missing: pass the folder of a finished `discadapt tune` run.")
     pipe = load_pipeline()
@@ -59,11 +64,14 @@ def methods(pipes: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--runs", nargs="+", required=True, help="finished `discadapt tune --world` run folders")
+    parser.add_argument(
+        "--runs", nargs="+", required=True, help="finished `discadapt tune --world` run folders, or `bundled`"
+    )
     parser.add_argument("--prompts-per-category", type=int, default=40)
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--probing", type=int, default=0, help="held-out scenes per category and split (0: off)")
     parser.add_argument("--held-out", action="store_true")
+    parser.add_argument("--held-out-prompts", type=int, default=40, help="demo prompts per category (default 40)")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -75,7 +83,7 @@ def main(argv=None) -> int:
     suite = shapes_suite(prompts=prompts, images_per_prompt=args.images_per_prompt)
     train = run_suite(suite, methods(pipes), out / "train", batch_size=48, progress=False)
     scores = {name: multi_mean(found) for name, found in train["methods"].items()}
-    chosen = max(runs, key=lambda name: scores[name])
+    chosen = [name for name in runs if scores[name] == max(scores[n] for n in runs)]
     summary = {
         "train_multi_mean": scores,
         "train_difference_to_base": {
@@ -90,12 +98,11 @@ def main(argv=None) -> int:
         table = hard_negative_table(scorers, n=args.probing)
         print(table.format())
         summary["probing"] = {"columns": table.columns, "rows": table.rows}
-    # 3. the chosen variant on the demo's held-out prompts
+    # 3. the chosen variants on the demo's held-out prompts
     if args.held_out:
-        held = shapes_suite(list(MULTI), n_prompts=40, images_per_prompt=5)
-        found = run_suite(
-            held, methods({"base": pipes["base"], chosen: pipes[chosen]}), out / "held-out", progress=False
-        )
+        held = shapes_suite(list(MULTI), n_prompts=args.held_out_prompts, images_per_prompt=5)
+        held_methods = methods({"base": pipes["base"], **{name: pipes[name] for name in chosen}})
+        found = run_suite(held, held_methods, out / "held-out", progress=False)
         summary["held_out"] = {
             name: {
                 "multi_mean": multi_mean(m),

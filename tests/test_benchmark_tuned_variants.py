@@ -23,13 +23,17 @@ def test_two_tune_runs_are_compared_on_train_prompts_and_one_is_chosen(tmp_path,
 
     out = tmp_path / "variants"
     runs = [str(tmp_path / "plain"), str(tmp_path / "contrast")]
-    args = ["--out", str(out), "--runs", *runs, "--prompts-per-category", "1", "--images-per-prompt", "1", "--probing", "1"]
+    args = ["--out", str(out), "--runs", *runs, "--prompts-per-category", "1", "--images-per-prompt", "1"]
+    args += ["--probing", "1", "--held-out", "--held-out-prompts", "1"]
     assert tuned_variants.main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["train_multi_mean"]) == {"base", "plain", "contrast"}
-    assert summary["chosen"] == max(["plain", "contrast"], key=lambda name: summary["train_multi_mean"][name])
+    best = max(summary["train_multi_mean"][name] for name in ("plain", "contrast"))
+    assert summary["chosen"] == [n for n in ("plain", "contrast") if summary["train_multi_mean"][n] == best]
     assert all(0 <= v <= 1 for v in summary["train_multi_mean"].values())
     assert [row[0] for row in summary["probing"]["rows"]] == ["base", "plain", "contrast"]
+    assert list(summary["held_out"]) == ["base", *summary["chosen"]]
+    assert all(summary["held_out"][name]["time_ratio"] > 0 for name in summary["chosen"])
 
 
 def test_a_folder_without_a_lora_is_refused(tmp_path):

@@ -172,8 +172,8 @@ class DiscriminativeLoss(nn.Module):
             rec = self.rec(rec_out, targets, token_mask=token_mask, num_boxes=num_boxes)
             losses["loss_rec"] = rec["loss"]
             losses["loss"] = losses["loss"] + c.rec_weight * rec["loss"]
-        tune = isinstance(c, TuneConfig) and len(batch.denoise_images)
-        if tune and (c.denoise_weight or c.contrast_weight):
+        tuning = isinstance(c, TuneConfig) and len(batch.denoise_images) > 0
+        if tuning and (c.denoise_weight or c.contrast_weight):
             x0, noise, t = self._denoise_inputs(latents, batch)
             pred = self._predict(x0, noise, t, text.index(batch.denoise_texts))
             if c.denoise_weight:

@@ -40,12 +40,11 @@ def tuned_pipeline(run: Path):
     stage-2 LoRA (the demo's tuned row)."""
     if str(run) == "bundled":
         pipe = bundled_tuned()[0]
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-    if not (run / "lora").is_dir():
+    elif not (run / "lora").is_dir():
         raise FileNotFoundError(f"{run / 'lora'} is missing: pass the folder of a finished `discadapt tune` run.")
-    pipe = load_pipeline()
-    fuse_enhancements(pipe, [run / "lora"])
+    else:
+        pipe = load_pipeline()
+        fuse_enhancements(pipe, [run / "lora"])
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

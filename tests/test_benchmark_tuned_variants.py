@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import tuned_variants  # noqa: E402
@@ -39,3 +40,10 @@ def test_two_tune_runs_are_compared_on_train_prompts_and_one_is_chosen(tmp_path,
 def test_a_folder_without_a_lora_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="lora is missing: pass the folder of a finished `discadapt tune` run"):
         tuned_variants.tuned_pipeline(tmp_path)
+
+
+def test_bundled_names_the_bundled_stage_2_fused():
+    pipe = tuned_variants.tuned_pipeline(Path("bundled"))
+    assert not any("lora" in name for name, _ in pipe.unet.named_modules())  # fused: plain weights
+    base = tuned_variants.pipelines({})["base"]
+    assert any(not torch.equal(a, b) for a, b in zip(pipe.unet.parameters(), base.unet.parameters()))

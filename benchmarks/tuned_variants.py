@@ -35,16 +35,28 @@ from discadapt.worlds.shapes.rows import GUIDANCE, SCORE_BATCH, bundled_tuned  #
 from discadapt.worlds.shapes.suite import shapes_suite  # noqa: E402
 
 
+def is_lora(folder: Path) -> bool:
+    """A LoRA folder in diffusers' format (`OUT/LANE/lora-K` of `tune_sweep.py`, a run's `lora/`)."""
+    return (folder / "pytorch_lora_weights.safetensors").is_file()
+
+
+def variant_name(run: Path) -> str:
+    """`run`'s row name: the run folder's name, or `lane/lora-K` for a LoRA folder of `tune_sweep.py`."""
+    return f"{run.parent.name}/{run.name}" if is_lora(run) else run.name
+
+
 def tuned_pipeline(run: Path):
-    """The world pipeline with the LoRA of the finished tune run `run` fused into its UNet; `bundled`: the bundled
-    stage-2 LoRA (the demo's tuned row)."""
+    """The world pipeline with the LoRA of the finished tune run `run` (or the LoRA folder `run`) fused into its UNet;
+    `bundled`: the bundled stage-2 LoRA (the demo's tuned row)."""
     if str(run) == "bundled":
         pipe = bundled_tuned()[0]
-    elif not (run / "lora").is_dir():
-        raise FileNotFoundError(f"{run / 'lora'} is missing: pass the folder of a finished `discadapt tune` run.")
+    elif not (is_lora(run) or (run / "lora").is_dir()):
+        raise FileNotFoundError(
+            f"{run / 'lora'} is missing: pass the folder of a finished `discadapt tune` run, or a LoRA folder."
+        )
     else:
         pipe = load_pipeline()
-        fuse_enhancements(pipe, [run / "lora"])
+        fuse_enhancements(pipe, [run if is_lora(run) else run / "lora"])
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -64,7 +76,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument(
-        "--runs", nargs="+", required=True, help="finished `discadapt tune --world` run folders, or `bundled`"
+        "--runs",
+        nargs="+",
+        required=True,
+        help="finished `discadapt tune --world` run folders, LoRA folders (tune_sweep.py's LANE/lora-K), or `bundled`",
     )
     parser.add_argument("--prompts-per-category", type=int, default=40)
     parser.add_argument("--images-per-prompt", type=int, default=2)
@@ -75,7 +90,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     set_threads(args.threads)
     out = Path(args.out)
-    runs = {Path(r).name: Path(r) for r in args.runs}
+    runs = {variant_name(Path(r)): Path(r) for r in args.runs}
+    if len(runs) != len(args.runs):
+        parser.error(f"--runs {' '.join(args.runs)}: two runs share a name; give each its own folder name.")
     pipes = pipelines(runs)
     # 1. the variants on train-split prompts
     prompts = [p for p, c in train_prompts(args.prompts_per_category).items() if c in MULTI]

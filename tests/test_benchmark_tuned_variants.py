@@ -47,3 +47,38 @@ def test_bundled_names_the_bundled_stage_2_fused():
     assert not any("lora" in name for name, _ in pipe.unet.named_modules())  # fused: plain weights
     base = tuned_variants.pipelines({})["base"]
     assert any(not torch.equal(a, b) for a, b in zip(pipe.unet.parameters(), base.unet.parameters()))
+
+
+def test_a_sweep_keeps_each_marks_lora_and_tuned_variants_compares_them(tmp_path):
+    """tune_sweep.py: each lane trained in slices, the LoRA of every mark kept and equal to a run of that many steps;
+    tuned_variants.py takes those LoRA folders, each named by lane and mark."""
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tune_sweep
+
+    out = tmp_path / "sweep"
+    extra = "--shapes 8 --batch-size 2 --lora-rank 2"
+    args = ["--out", str(out), "--lanes", "c-s0", "--marks", "1", "2", "--extra", extra]
+    assert tune_sweep.main(args) == 0
+    loras = {("c-s0", k): out / "c-s0" / f"lora-{k}" for k in (1, 2)}
+    weights = {key: load_file(folder / "pytorch_lora_weights.safetensors") for key, folder in loras.items()}
+    assert any(not torch.equal(weights["c-s0", 1][k], weights["c-s0", 2][k]) for k in weights["c-s0", 1])
+    assert "loss_contrast" in (out / "c-s0" / "log.jsonl").read_text()
+
+    # the lane's LoRA at 2 steps is a 2-step run's
+    direct = ["tune", *tune_sweep.shlex.split(tune_sweep.BASE), *extra.split(), "--steps", "2"]
+    assert cli([*direct, "--out", str(tmp_path / "direct")]) == 0
+    alone = load_file(tmp_path / "direct" / "lora" / "pytorch_lora_weights.safetensors")
+    assert alone.keys() == weights["c-s0", 2].keys() and all(
+        torch.equal(alone[k], weights["c-s0", 2][k]) for k in alone
+    )
+
+    assert tune_sweep.main(args) == 0  # everything kept: nothing to do
+    assert (out / "c-s0.log").read_text().count("$ ") == 2
+
+    variants = tmp_path / "variants"
+    runs = [str(loras["c-s0", 1]), str(loras["c-s0", 2])]
+    assert tuned_variants.main(["--out", str(variants), "--runs", *runs, "--prompts-per-category", "1"]) == 0
+    summary = json.loads((variants / "summary.json").read_text())
+    assert set(summary["train_multi_mean"]) == {"base", "c-s0/lora-1", "c-s0/lora-2"}

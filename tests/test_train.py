@@ -293,6 +293,30 @@ def test_tune_on_the_denoising_contrast_alone_moves_the_lora(tmp_path):
     assert result["done"] and any(v.abs().sum() > 0 for v in lora.values())
 
 
+def test_denoise_timestep_range_narrows_only_the_denoising_pairs():
+    """`denoise_timestep_range` draws the denoising pairs' timesteps from [low, high) with the same generators (the
+    default, the whole schedule, draws exactly what an explicit (0, T) does); the adapter's stay `timestep_range`'s;
+    the CLI passes it through and the checks name it."""
+    items, pipe = toy_items(), tiny_sd_pipeline()
+    samples = [(g, g % len(items)) for g in range(12)]
+
+    def build(**ranges):
+        builder = BatchBuilder(items, pipe.tokenizer, (4, 16, 16), 32, 1000, 0, 2, 1, denoise=True, **ranges)
+        return builder.build(samples)
+
+    default, whole, high = build(), build(denoise_timestep_range=(0, 1000)), build(denoise_timestep_range=(750, 1000))
+    assert torch.equal(default.denoise_timesteps, whole.denoise_timesteps)
+    assert torch.equal(default.denoise_noise, high.denoise_noise) and torch.equal(default.timesteps, high.timesteps)
+    assert bool((high.denoise_timesteps >= 750).all()) and bool((default.denoise_timesteps < 750).any())
+    args = _parse(["tune", "--tiny", "--shapes", "4", "--out", "x", "--denoise-timestep-range", "500", "1000"])
+    config = train_commands._config(args, "tune")
+    assert config.denoise_timestep_range == (500, 1000) and config.timestep_range is None
+    with pytest.raises(ValueError, match=r"`denoise_timestep_range` is \(500, 500\); pass \(low, high\)"):
+        TuneConfig(denoise_timestep_range=(500, 500))
+    with pytest.raises(ValueError, match=r"`denoise_timestep_range` is \(0, 2000\); its end must be <= 1000"):
+        train_tune(pipe, items, "unused", tune_config(denoise_timestep_range=(0, 2000)), progress=False)
+
+
 @pytest.mark.parametrize("how", ["stop_after", "crash"])
 def test_tune_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch, how):
     items = ShapeWorldItems(8, seed=2)

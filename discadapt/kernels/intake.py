@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import compute_dtype, import_triton, interpreting, launch_device, use_kernel
+from ._dispatch import compute_dtype, import_triton, interpreting, launch, use_kernel
 
 __all__ = ["adapter_intake", "intake_ref", "intake_triton", "resize_mode"]
 
@@ -360,13 +360,12 @@ class _IntakeFunction(torch.autograd.Function):
             tables, gather = _gather_args(m, size)
             channels = m.shape[1]
             block_p, block_d, block_c = _blocks(grid, dim, channels)
-            launch = (_cdiv(grid, block_p), _cdiv(dim, block_d), batch)
-            with launch_device(m):
-                forward_kernel[launch](
-                    m, wt, acc, out, bias, pos32, temb_c, *tables, channels, dim, grid, w, *m.stride(),
-                    FIRST=i == 0, LAST=i == len(maps) - 1, IEEE=ieee, BLOCK_P=block_p, BLOCK_D=block_d,
-                    BLOCK_C=block_c, **gather,
-                )  # fmt: skip
+            launch(
+                forward_kernel, (_cdiv(grid, block_p), _cdiv(dim, block_d), batch), m,
+                m, wt, acc, out, bias, pos32, temb_c, *tables, channels, dim, grid, w, *m.stride(),
+                FIRST=i == 0, LAST=i == len(maps) - 1, IEEE=ieee, BLOCK_P=block_p, BLOCK_D=block_d,
+                BLOCK_C=block_c, **gather,
+            )  # fmt: skip
         ctx.size, ctx.dtype, ctx.ieee = size, dtype, ieee
         ctx.pos_dtype, ctx.temb_dtype = pos.dtype, temb.dtype
         ctx.weight_dtypes = [wt.dtype for wt in weights]
@@ -395,22 +394,20 @@ class _IntakeFunction(torch.autograd.Function):
                 tables, gather = _gather_args(m, ctx.size, transposed=True)
                 rows = grid if gather["MODE"] == FACTOR else in_h * in_w  # grid positions or map pixels
                 block_j, block_c, block_d = _blocks(rows, channels, dim)
-                launch = (_cdiv(rows, block_j), _cdiv(channels, block_c), batch)
-                with launch_device(m):
-                    dmap_kernel[launch](
-                        grad, wt, dx, *tables, channels, dim, in_h * in_w, in_w, grid, w,
-                        IEEE=ctx.ieee, BLOCK_J=block_j, BLOCK_C=block_c, BLOCK_D=block_d, **gather,
-                    )  # fmt: skip
+                launch(
+                    dmap_kernel, (_cdiv(rows, block_j), _cdiv(channels, block_c), batch), m,
+                    grad, wt, dx, *tables, channels, dim, in_h * in_w, in_w, grid, w,
+                    IEEE=ctx.ieee, BLOCK_J=block_j, BLOCK_C=block_c, BLOCK_D=block_d, **gather,
+                )  # fmt: skip
             if needs[5 + 3 * i]:
                 partial = torch.empty(batch, dim, channels, device=m.device, dtype=torch.float32)
                 block_d, block_c, block_p = _blocks(dim, channels, grid)
-                launch = (_cdiv(dim, block_d), _cdiv(channels, block_c), batch)
                 tables, gather = _gather_args(m, ctx.size)
-                with launch_device(m):
-                    dweight_kernel[launch](
-                        grad, m, partial, *tables, channels, dim, grid, w, *m.stride(),
-                        IEEE=ctx.ieee, BLOCK_D=block_d, BLOCK_C=block_c, BLOCK_P=block_p, **gather,
-                    )  # fmt: skip
+                launch(
+                    dweight_kernel, (_cdiv(dim, block_d), _cdiv(channels, block_c), batch), m,
+                    grad, m, partial, *tables, channels, dim, grid, w, *m.stride(),
+                    IEEE=ctx.ieee, BLOCK_D=block_d, BLOCK_C=block_c, BLOCK_P=block_p, **gather,
+                )  # fmt: skip
                 dw = partial.sum(0).reshape(dim, channels, 1, 1).to(ctx.weight_dtypes[i])
             if needs[6 + 3 * i]:
                 db = grad32.sum((0, 1)).to(ctx.bias_dtypes[i])

@@ -34,7 +34,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import KERNEL_DTYPES, import_triton, launch_device, use_kernel
+from ._dispatch import KERNEL_DTYPES, import_triton, launch, use_kernel
 
 __all__ = ["itm_logits", "itm_ref", "itm_triton"]
 
@@ -221,12 +221,12 @@ class _ITMFunction(torch.autograd.Function):
         q_norm = torch.empty(batch, n_queries, device=device, dtype=torch.float32)
         t_norm = torch.empty(text.shape[0], device=device, dtype=torch.float32)
         block_q, block_p = _pow2(n_queries, 64), _pow2(dim, 256)
-        with launch_device(queries):
-            forward_kernel[(batch, n_texts)](
-                queries, text, logit_scale, out, arg, best, q_norm, t_norm,
-                n_queries, dim, n_texts, *queries.stride(), *text.stride(), EPS,
-                PAIRWISE=pairwise, NORM_Q=normalize_queries, BLOCK_Q=block_q, BLOCK_P=block_p,
-            )  # fmt: skip
+        launch(
+            forward_kernel, (batch, n_texts), queries,
+            queries, text, logit_scale, out, arg, best, q_norm, t_norm,
+            n_queries, dim, n_texts, *queries.stride(), *text.stride(), EPS,
+            PAIRWISE=pairwise, NORM_Q=normalize_queries, BLOCK_Q=block_q, BLOCK_P=block_p,
+        )  # fmt: skip
         ctx.save_for_backward(queries, text, logit_scale, out, best, arg, q_norm, t_norm)
         ctx.pairwise, ctx.normalize_queries, ctx.blocks = pairwise, normalize_queries, (block_q, block_p)
         return out
@@ -242,20 +242,21 @@ class _ITMFunction(torch.autograd.Function):
         block_q, block_p = ctx.blocks
         flags = dict(PAIRWISE=ctx.pairwise, NORM_Q=ctx.normalize_queries, BLOCK_P=block_p)
         dq = dt = dscale = None
-        with launch_device(queries):
-            if ctx.needs_input_grad[0]:
-                dq = torch.empty(queries.shape, device=queries.device, dtype=queries.dtype)
-                dquery_kernel[(batch, -(-dim // block_p))](
-                    queries, text, c, arg, best, q_norm, t_norm, dq,
-                    n_queries, dim, n_texts, *queries.stride(), *text.stride(), EPS, BLOCK_Q=block_q, **flags,
-                )  # fmt: skip
-            if ctx.needs_input_grad[1]:
-                dt = torch.empty(text.shape, device=text.device, dtype=text.dtype)
-                dtext_kernel[(text.shape[0], -(-dim // block_p))](
-                    queries, text, c, arg, best, q_norm, t_norm, dt,
-                    1 if ctx.pairwise else batch, n_queries, dim, n_texts, *queries.stride(), *text.stride(), EPS,
-                    **flags,
-                )  # fmt: skip
+        if ctx.needs_input_grad[0]:
+            dq = torch.empty(queries.shape, device=queries.device, dtype=queries.dtype)
+            launch(
+                dquery_kernel, (batch, -(-dim // block_p)), queries,
+                queries, text, c, arg, best, q_norm, t_norm, dq,
+                n_queries, dim, n_texts, *queries.stride(), *text.stride(), EPS, BLOCK_Q=block_q, **flags,
+            )  # fmt: skip
+        if ctx.needs_input_grad[1]:
+            dt = torch.empty(text.shape, device=text.device, dtype=text.dtype)
+            launch(
+                dtext_kernel, (text.shape[0], -(-dim // block_p)), queries,
+                queries, text, c, arg, best, q_norm, t_norm, dt,
+                1 if ctx.pairwise else batch, n_queries, dim, n_texts, *queries.stride(), *text.stride(), EPS,
+                **flags,
+            )  # fmt: skip
         if ctx.needs_input_grad[2]:
             dscale = (grad * out.reshape(batch, n_texts)).sum().to(logit_scale.dtype)
         return dq, dt, dscale, None, None

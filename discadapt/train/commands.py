@@ -110,6 +110,7 @@ def _config(args, stage: str):
         snr_gamma=args.snr_gamma,
         contrast_weight=args.contrast_weight,
         contrast_temperature=args.contrast_temperature,
+        denoise_timestep_range=tuple(args.denoise_timestep_range) if args.denoise_timestep_range else None,
     )
 
 
@@ -246,6 +247,10 @@ def add_commands(subparsers) -> None:
     t.add_argument(
         "--contrast-temperature", type=float, default=0.05, help="its temperature, in log error ratio (default 0.05)"
     )
+    t.add_argument(
+        "--denoise-timestep-range", type=int, nargs=2, metavar=("LOW", "HIGH"),
+        help="timesteps [LOW, HIGH) of the denoising loss and contrast (default: all; the adapter's: --timestep-range)",
+    )  # fmt: skip
     t.set_defaults(func=tune)
 
 

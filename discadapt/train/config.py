@@ -48,6 +48,16 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _checked_range(name: str, value) -> tuple[int, int] | None:
+    """`value` as a (low, high) tuple of timesteps with 0 <= low < high, or None; else a ValueError naming `name`."""
+    if value is None:
+        return None
+    lo_hi = tuple(value)
+    if len(lo_hi) != 2 or not all(_is_int(v) for v in lo_hi) or not 0 <= lo_hi[0] < lo_hi[1]:
+        raise ValueError(f"`{name}` is {value!r}; pass (low, high) with 0 <= low < high, e.g. (0, 1000).")
+    return lo_hi
+
+
 @dataclass
 class TrainConfig:
     """Settings shared by both stages (see `ProbeConfig` and `TuneConfig` for the stage-specific ones)."""
@@ -178,14 +188,7 @@ class TrainConfig:
             if not ts or not all(_is_int(t) and t >= 0 for t in ts):
                 raise ValueError(f"`timesteps` is {self.timesteps!r}; pass one or more integer timesteps >= 0.")
             self.timesteps = ts
-        if self.timestep_range is not None:
-            lo_hi = tuple(self.timestep_range)
-            if len(lo_hi) != 2 or not all(_is_int(v) for v in lo_hi) or not 0 <= lo_hi[0] < lo_hi[1]:
-                raise ValueError(
-                    f"`timestep_range` is {self.timestep_range!r}; pass (low, high) with 0 <= low < high, e.g. "
-                    "(0, 1000)."
-                )
-            self.timestep_range = lo_hi
+        self.timestep_range = _checked_range("timestep_range", self.timestep_range)
 
     def _check_losses(self) -> None:
         if self.itm_weight == 0 and self.rec_weight == 0:
@@ -252,6 +255,11 @@ class TuneConfig(TrainConfig):
         0.0,
     )
     contrast_temperature: float = _help("Temperature of the denoising-contrast loss, in log error ratio.", 0.05)
+    denoise_timestep_range: tuple[int, int] | None = _help(
+        "[low, high) of the timesteps at which the denoising loss and the denoising contrast noise their images; None "
+        "means the scheduler's whole range (`timestep_range` draws the adapter's).",
+        None,
+    )
 
     def __post_init__(self):
         if not _is_int(self.lora_rank) or self.lora_rank < 1:
@@ -282,6 +290,7 @@ class TuneConfig(TrainConfig):
             raise ValueError(
                 f"`contrast_temperature` is {self.contrast_temperature!r}; pass a number > 0 (0.05: a 5% error ratio)."
             )
+        self.denoise_timestep_range = _checked_range("denoise_timestep_range", self.denoise_timestep_range)
         super().__post_init__()
 
     def _check_losses(self) -> None:

@@ -269,7 +269,7 @@ class Batch:
         rec_tokens (`list[torch.Tensor]`): R bool tensors (n, L), each box's phrase tokens.
         denoise_images, denoise_texts (`torch.Tensor` of shape `(B_c,)`, long): positive (image, caption) pairs.
         denoise_timesteps (`torch.Tensor` of shape `(B_c,)`, long), denoise_noise (`(B_c, C, h, w)`): their own
-            uniform timesteps and noise (the denoising loss needs the whole schedule).
+            timesteps (uniform over the whole schedule unless `denoise_timestep_range` narrows it) and noise.
         categories (`list`): each sample's category or None. samples (`list[int]`): stream positions g.
     """
 
@@ -355,6 +355,8 @@ class BatchBuilder:
         random_negatives (`bool`): fill missing negatives with other items' captions and images.
         in_batch_negatives (`bool`): add the in-batch table.
         timesteps (`tuple[int, ...]` or None), timestep_range (`tuple[int, int]` or None): how timesteps are drawn.
+        denoise_timestep_range (`tuple[int, int]` or None): [low, high) of the denoising pairs' timesteps (default
+            the whole schedule).
         denoise (`bool`): draw the denoising pairs' timesteps and noise.
     """
 
@@ -372,6 +374,7 @@ class BatchBuilder:
         in_batch_negatives: bool = False,
         timesteps: Sequence[int] | None = None,
         timestep_range: tuple[int, int] | None = None,
+        denoise_timestep_range: tuple[int, int] | None = None,
         denoise: bool = False,
         stream: int = 2,
     ):
@@ -381,7 +384,9 @@ class BatchBuilder:
         self.num_neg_captions, self.num_neg_images = num_neg_captions, num_neg_images
         self.random_negatives, self.in_batch_negatives = random_negatives, in_batch_negatives
         self.timesteps = None if timesteps is None else [int(t) for t in timesteps]
-        self.timestep_range = tuple(timestep_range) if timestep_range is not None else (0, num_train_timesteps)
+        whole = (0, num_train_timesteps)
+        self.timestep_range = tuple(timestep_range) if timestep_range is not None else whole
+        self.denoise_timestep_range = tuple(denoise_timestep_range) if denoise_timestep_range is not None else whole
         self.denoise, self.stream = denoise, stream
         self.length = len(tokenizer("", padding="max_length", max_length=tokenizer.model_max_length).input_ids)
 
@@ -470,11 +475,12 @@ class BatchBuilder:
         return t
 
     def _denoise_draws(self, samples: Sequence[tuple[int, int]], captioned: list[int]):
-        """Uniform timesteps `(B_c,)` and noise `(B_c, C, h, w)` of the denoising pairs, from their own generators."""
+        """Timesteps `(B_c,)`, uniform in `denoise_timestep_range`, and noise `(B_c, C, h, w)` of the denoising pairs,
+        from their own generators."""
         if not (self.denoise and captioned):
             return torch.zeros(0, dtype=torch.long), torch.zeros(0, *self.latent_shape)
         rngs = [np.random.default_rng((self.seed, self.stream, samples[b][0], 1)) for b in captioned]
-        timesteps = torch.tensor([int(r.integers(self.num_train_timesteps)) for r in rngs], dtype=torch.long)
+        timesteps = torch.tensor([int(r.integers(*self.denoise_timestep_range)) for r in rngs], dtype=torch.long)
         return timesteps, torch.stack([self._noise(r) for r in rngs])
 
     def build(self, samples: Sequence[tuple[int, int]]) -> Batch:

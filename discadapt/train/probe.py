@@ -70,10 +70,10 @@ def _check_pipeline(pipe, config: TrainConfig) -> tuple[int, int]:
     num_train = pipe.scheduler.config.num_train_timesteps
     if config.timesteps is not None and max(config.timesteps) >= num_train:
         raise ValueError(f"`timesteps` is {config.timesteps}; this scheduler's timesteps are 0..{num_train - 1}.")
-    if config.timestep_range is not None and config.timestep_range[1] > num_train:
-        raise ValueError(
-            f"`timestep_range` is {config.timestep_range}; its end must be <= {num_train}, the scheduler's timesteps."
-        )
+    for name in ("timestep_range", "denoise_timestep_range"):
+        lo_hi = getattr(config, name, None)
+        if lo_hi is not None and lo_hi[1] > num_train:
+            raise ValueError(f"`{name}` is {lo_hi}; its end must be <= {num_train}, the scheduler's timesteps.")
     factor = pipe.vae_scale_factor
     resolution = config.resolution or unet.config.sample_size * factor
     multiple = factor * 2 ** (len(unet.config.block_out_channels) - 1)
@@ -202,6 +202,7 @@ class ProbeObjective(Objective):
             in_batch_negatives=config.in_batch_negatives,
             timesteps=config.timesteps,
             timestep_range=config.timestep_range,
+            denoise_timestep_range=getattr(config, "denoise_timestep_range", None),
             denoise=self.train_unet and any(getattr(config, w, 0) > 0 for w in ("denoise_weight", "contrast_weight")),
         )
         micro = MicroBatches(

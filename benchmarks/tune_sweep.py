@@ -1,0 +1,120 @@
+"""Issue 12, hypothesis 5: a sweep of stage-2 runs on the world, each trained in slices with its LoRA kept at each mark.
+
+Every lane is one `discadapt tune --world` run: the bundled stage-2 recipe (`BASE`: LoRA rank 8 at lr 1e-3, the
+denoising loss and the denoising contrast with 3 hard-negative captions, no adapter losses, batch 16)
+with the lane's changes (`LANES`). It is trained to each of `--marks` steps in turn (`--resume` between slices; the
+learning rate is constant after its warm-up, so the LoRA at mark K equals that of a K-step run) and the LoRA of each
+mark is copied to OUT/LANE/lora-K. `--parallel` lanes run at once, as separate processes (on a GPU they share it).
+Nothing is evaluated here: `benchmarks/tuned_variants.py --runs OUT/*/lora-*` compares them on train-split prompts.
+
+Resumable: a rerun skips the marks already kept and resumes each lane from its newest checkpoint. With `--deadline S`
+no slice starts after S seconds and running ones are stopped at S (their checkpoints stay for a rerun).
+
+    python benchmarks/tune_sweep.py --out runs/tune-sweep --adapter runs/stage1-bundled --marks 1000 2000 3000 \
+        --parallel 8 [--lanes c-s0 c-s1] [--extra "--mixed-precision bf16"]
+
+`--world` is the shapes world's plug-in, registered by the installed package's entry points: on a machine where
+discadapt is only on PYTHONPATH, `pip install --no-deps -e .` first (else every lane stops with "one of the
+arguments --pipeline --tiny is required").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# the bundled stage 2 (README, "Retraining the bundles"), the adapter untouched (its losses are off)
+BASE = (
+    "--world --batch-size 16 --lr 1e-4 --lora-lr 1e-3 --warmup-steps 50 "
+    "--timestep-range 0 500 --num-neg-captions 3 --num-neg-images 1 --no-random-negatives --lora-rank 8 "
+    "--itm-weight 0 --rec-weight 0 --contrast-weight 1 --eval-shapes 0 --no-progress"
+)
+# what each lane changes (later options override BASE's). The denoising loss and the contrast share their timesteps,
+# drawn from the whole schedule unless --denoise-timestep-range narrows them (--timestep-range is the adapter's).
+LANES = {
+    "c-s0": "",  # the bundled recipe
+    "c-s1": "--seed 1",  # seed spread
+    "d-s1": "--contrast-weight 0 --seed 1",  # control: denoising alone
+    "c-hi": "--denoise-timestep-range 500 1000",  # only the noisier half, where the layout is decided
+    "c-lo": "--denoise-timestep-range 0 500",  # only the cleaner half
+    "c-w3": "--contrast-weight 3",  # the contrast weighs more
+    "c-k7": "--num-neg-captions 7",  # more hard negatives per caption
+    "c-tau02": "--contrast-temperature 0.02",  # sharper contrast
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_lane(name: str, out: Path, marks: list[int], extra: list[str], deadline: float | None) -> list[int]:
+    """Train lane `name` to each mark in turn (`extra`: options after the lane's); return the marks kept."""
+    folder = out / name
+    kept = []
+    for mark in marks:
+        target = folder / f"lora-{mark}"
+        if target.is_dir():
+            kept.append(mark)
+            continue
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        args = shlex.split(BASE) + shlex.split(LANES[name]) + extra
+        args += ["--out", str(folder), "--steps", str(mark)]
+        if (folder / "checkpoints").is_dir():
+            args.append("--resume")
+        cmd = [sys.executable, "-m", "discadapt.cli", "tune", *args]
+        with open(out / f"{name}.log", "a") as f:
+            f.write(f"$ {shlex.join(cmd)}\n")
+            f.flush()
+            try:
+                code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=left).returncode
+            except subprocess.TimeoutExpired:
+                log(f"{name}: stopped at the deadline on the way to {mark} (checkpoints kept)")
+                break
+        if code != 0:
+            log(f"{name}: exit code {code} on the way to {mark}, see {out / f'{name}.log'}")
+            break
+        tmp = folder / f".lora-{mark}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(folder / "lora", tmp)
+        os.replace(tmp, target)
+        kept.append(mark)
+        log(f"{name}: {mark} steps")
+    return kept
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--lanes", nargs="+", default=list(LANES), choices=list(LANES))
+    parser.add_argument("--marks", nargs="+", type=int, default=[1000, 2000, 3000])
+    parser.add_argument("--parallel", type=int, default=1, help="lanes at once (default 1)")
+    parser.add_argument("--deadline", type=float, help="seconds after which no slice runs")
+    parser.add_argument(
+        "--adapter", help="a stage-1 adapter to carry through (its losses are off; default: a new one, untouched)"
+    )
+    parser.add_argument("--extra", default="", help='options added to every lane, e.g. "--mixed-precision bf16"')
+    args = parser.parse_args(argv)
+    if sorted(set(args.marks)) != args.marks or args.marks[0] < 1:
+        parser.error(f"--marks {args.marks}: give increasing step counts >= 1, e.g. --marks 1000 2000 3000")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = None if args.deadline is None else time.monotonic() + args.deadline
+    extra = (["--adapter", args.adapter] if args.adapter else []) + shlex.split(args.extra)
+    with ThreadPoolExecutor(max(1, args.parallel)) as pool:
+        jobs = {name: pool.submit(run_lane, name, out, args.marks, extra, deadline) for name in args.lanes}
+        for name, job in jobs.items():
+            log(f"{name}: kept {job.result() or 'nothing'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

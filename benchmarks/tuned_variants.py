@@ -11,6 +11,9 @@
     python benchmarks/tuned_variants.py --out runs/tuned-variants --runs runs/tune-a runs/tune-b \
         [--probing 40] [--held-out]
 
+A variant may merge several LoRAs at scales: `runs/tune-a@1.5` (the update extrapolated), `runs/tune-a@0.5+runs/
+tune-b@0.5` (the mean of two runs' updates, a soup).
+
 Resumable (each stage is a `bench.run_suite` folder). Writes OUT/summary.json.
 """
 
@@ -40,28 +43,47 @@ def is_lora(folder: Path) -> bool:
     return (folder / "pytorch_lora_weights.safetensors").is_file()
 
 
-def variant_name(run: Path) -> str:
-    """`run`'s row name: the run folder's name, or `lane/lora-K` for a LoRA folder of `tune_sweep.py`."""
-    return f"{run.parent.name}/{run.name}" if is_lora(run) else run.name
-
-
-def tuned_pipeline(run: Path):
-    """The world pipeline with the LoRA of the finished tune run `run` (or the LoRA folder `run`) fused into its UNet;
-    `bundled`: the bundled stage-2 LoRA (the demo's tuned row)."""
-    if str(run) == "bundled":
-        pipe = bundled_tuned()[0]
-    elif not (is_lora(run) or (run / "lora").is_dir()):
+def lora_folder(run: Path) -> Path:
+    """The LoRA folder of a finished tune run, or `run` itself when it is one."""
+    if not (is_lora(run) or (run / "lora").is_dir()):
         raise FileNotFoundError(
             f"{run / 'lora'} is missing: pass the folder of a finished `discadapt tune` run, or a LoRA folder."
         )
+    return run if is_lora(run) else run / "lora"
+
+
+def parts(spec: str) -> list[tuple[Path, float]]:
+    """`(folder, scale)` of each LoRA of a variant `A[@s][+B[@s]...]`: LoRAs merged at their scale (default 1), e.g.
+    `runs/x@1.5` (one LoRA, extrapolated) or `runs/x@0.5+runs/y@0.5` (the mean of two updates)."""
+    found = []
+    for part in str(spec).split("+"):
+        folder, _, scale = part.partition("@")
+        found.append((Path(folder), float(scale) if scale else 1.0))
+    return found
+
+
+def variant_name(spec: str) -> str:
+    """The row name of a variant: each LoRA's run folder name (or `lane/lora-K` for a LoRA folder of
+    `tune_sweep.py`), with its scale and `+` as given."""
+    name = lambda run: f"{run.parent.name}/{run.name}" if is_lora(run) else run.name  # noqa: E731
+    return "+".join(name(run) + (f"@{scale:g}" if "@" in part else "")
+                    for (run, scale), part in zip(parts(spec), str(spec).split("+")))  # fmt: skip
+
+
+def tuned_pipeline(spec: str):
+    """The world pipeline with the LoRAs of variant `spec` fused into its UNet (see `parts`; a finished tune run
+    stands for its `lora/`); `bundled`: the bundled stage-2 LoRA (the demo's tuned row)."""
+    if str(spec) == "bundled":
+        pipe = bundled_tuned()[0]
     else:
+        loras = parts(spec)
         pipe = load_pipeline()
-        fuse_enhancements(pipe, [run if is_lora(run) else run / "lora"])
+        fuse_enhancements(pipe, [lora_folder(run) for run, _ in loras], scales=[scale for _, scale in loras])
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def pipelines(runs: dict[str, Path]) -> dict:
+def pipelines(runs: dict[str, str]) -> dict:
     """base, then `name -> tuned pipeline` for each run."""
     base = load_pipeline()
     base.set_progress_bar_config(disable=True)
@@ -79,7 +101,8 @@ def main(argv=None) -> int:
         "--runs",
         nargs="+",
         required=True,
-        help="finished `discadapt tune --world` run folders, LoRA folders (tune_sweep.py's LANE/lora-K), or `bundled`",
+        help="finished `discadapt tune --world` run folders, LoRA folders (tune_sweep.py's LANE/lora-K), or `bundled`; "
+        "A@S merges A at scale S, A+B merges both (A@0.5+B@0.5: the mean of their updates)",
     )
     parser.add_argument("--prompts-per-category", type=int, default=40)
     parser.add_argument("--images-per-prompt", type=int, default=2)
@@ -90,7 +113,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     set_threads(args.threads)
     out = Path(args.out)
-    runs = {variant_name(Path(r)): Path(r) for r in args.runs}
+    runs = {variant_name(r): r for r in args.runs}
     if len(runs) != len(args.runs):
         parser.error(f"--runs {' '.join(args.runs)}: two runs share a name; give each its own folder name.")
     pipes = pipelines(runs)

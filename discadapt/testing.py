@@ -42,6 +42,7 @@ __all__ = [
     "unet_config",
     "REAL_UNET_CONFIGS",
     "assert_same_state",
+    "random_lora",
     "sd_pipeline",
     "sdxl_pipeline",
     "tiny_sd_pipeline",
@@ -251,6 +252,23 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         norm_num_groups=16,
     )
     return sdxl_pipeline(unet, seed=seed, text_layers=2)
+
+
+def random_lora(pipe, folder, seed: int = 0, rank: int = 2, targets=("to_q", "to_v")):
+    """Save a LoRA of `pipe`'s UNet with random, non-zero weights (peft's `init_lora_weights=False`) to `folder` in
+    diffusers' format, as trained LoRAs are saved; `pipe` is left without it. Returns `folder` as a Path."""
+    from pathlib import Path
+
+    from peft import LoraConfig
+
+    from .train.tune import save_lora
+
+    copied = copy.copy(pipe)  # the same components but a copy of the UNet, which takes the LoRA
+    copied.unet = copy.deepcopy(pipe.unet)
+    torch.manual_seed(seed)
+    copied.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), init_lora_weights=False))
+    save_lora(copied, folder)
+    return Path(folder)
 
 
 def assert_same_state(a, b, path: str = "state") -> None:

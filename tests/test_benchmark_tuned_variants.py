@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import tuned_variants  # noqa: E402
 
 from discadapt.cli import main as cli  # noqa: E402
+from discadapt.testing import random_lora  # noqa: E402
 
 
 def test_two_tune_runs_are_compared_on_train_prompts_and_one_is_chosen(tmp_path, capsys):
@@ -82,3 +83,23 @@ def test_a_sweep_keeps_each_marks_lora_and_tuned_variants_compares_them(tmp_path
     assert tuned_variants.main(["--out", str(variants), "--runs", *runs, "--prompts-per-category", "1"]) == 0
     summary = json.loads((variants / "summary.json").read_text())
     assert set(summary["train_multi_mean"]) == {"base", "c-s0/lora-1", "c-s0/lora-2"}
+
+
+def test_variants_merge_loras_at_scales(tmp_path):
+    """`A@s` merges A's update times s; `A@0.5+B@0.5` the mean of both updates (a soup)."""
+    world = tuned_variants.load_pipeline()
+    a, b = random_lora(world, tmp_path / "a" / "lora", 0), random_lora(world, tmp_path / "b" / "lora", 1)
+    base = dict(world.unet.named_parameters())
+    delta = lambda spec: {  # noqa: E731
+        k: p.detach() - base[k] for k, p in tuned_variants.tuned_pipeline(spec).unet.named_parameters()
+    }
+    one, two = delta(str(a)), delta(str(b))
+    assert any(d.abs().max() > 0 for d in one.values())
+    for k, d in delta(f"{a}@2").items():
+        torch.testing.assert_close(d, 2 * one[k], atol=1e-6, rtol=1e-4)
+    for k, d in delta(f"{a}@0.5+{b}@0.5").items():
+        torch.testing.assert_close(d, (one[k] + two[k]) / 2, atol=1e-6, rtol=1e-4)
+    assert tuned_variants.variant_name(f"{a}@0.5+{b}@0.5") == "a/lora@0.5+b/lora@0.5"
+    assert tuned_variants.variant_name(str(tmp_path / "a")) == "a"  # a run folder: its name
+    with pytest.raises(ValueError, match="`scales` is \\[1.0\\] for 2 folders"):
+        tuned_variants.fuse_enhancements(tuned_variants.load_pipeline(), [a, b], scales=[1.0])

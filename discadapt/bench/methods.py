@@ -4,8 +4,10 @@
 
 `pipeline_method(pipe, steps, guidance)` is the method of a diffusers text-to-image pipeline: one
 `torch.Generator` per image seeded with its seed (`sampling.seeds`, the seeds of `discadapt generate` too), so an
-image depends on its prompt and seed, not on the batch. Any other function of that signature is a method (a
-self-correcting pipeline wrapped by `pipeline_method`, a renderer, a constant image for tests).
+image depends on its prompt and seed, not on the batch. `hard_negative_method(pipe, negatives_of, ...)` is the same
+under `sampling.contrast.HardNegativeGuidance`, each prompt's negatives from `negatives_of`. Any other function of
+that signature is a method (a self-correcting pipeline wrapped by `pipeline_method`, a renderer, a constant image
+for tests).
 
 Example:
     >>> from discadapt.bench.methods import pipeline_method
@@ -16,14 +18,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ..sampling.checks import check_guidance, check_steps, finite_images
 from ..sampling.seeds import image_generators
 
-__all__ = ["Method", "check_images", "pipeline_method"]
+__all__ = ["Method", "check_images", "hard_negative_method", "pipeline_method"]
 
 Method = Callable[[list[str], list[int]], np.ndarray]
 """`(prompts, seeds) -> images`: N prompts and N seeds (one per image) to `(N, S, S, 3)` uint8 images."""
@@ -71,6 +73,23 @@ def pipeline_method(pipe, steps: int = 25, guidance: float = 4.0, **pipe_kwargs)
         return finite_images(images, prompts)
 
     return generate
+
+
+def hard_negative_method(
+    pipe, negatives_of: Callable[[str], Sequence[str]], steps: int = 25, guidance: float = 4.0, **settings
+) -> Method:
+    """`pipeline_method(pipe, steps, guidance)` with each prompt's images pushed away from `negatives_of(prompt)`
+    (`sampling.contrast.HardNegativeGuidance`; `settings`: its `scale`, `start`, `stop`, checked here)."""
+    from ..sampling.contrast import HardNegativeGuidance
+
+    HardNegativeGuidance(pipe, [[]], **settings)  # checks the settings now rather than at the first batch
+    generate = pipeline_method(pipe, steps, guidance)
+
+    def guided(prompts: list[str], seeds: list[int]) -> np.ndarray:
+        with HardNegativeGuidance(pipe, [list(negatives_of(p)) for p in prompts], **settings):
+            return generate(prompts, seeds)
+
+    return guided
 
 
 def check_images(name: str, images, n: int, min_size: int = 1) -> np.ndarray:

@@ -3,7 +3,7 @@ regenerates from their suggestions, keeps the images they prefer and fuses what 
 
 - `critics/`: scorers that can also suggest a regeneration (a refined prompt, regions);
 - `dataset.py`: what a round keeps on disk (`RoundData`), `select` (the kept images), `rejected_for` (DPO pairs);
-- `enhance.py`: the enhancement LoRA (denoising or Diffusion-DPO objective) and `fuse_enhancements`;
+- `enhance.py`: the enhancement LoRA (denoising or Diffusion-DPO objective), `fuse_enhancements` and `merge_loras`;
 - `loop.py`: `augment`, the resumable rounds with their stop test.
 
 Example:
@@ -28,7 +28,7 @@ from .critics import (
     plan_layout,
 )
 from .dataset import Candidate, RoundData, rejected_for, select
-from .enhance import EnhanceConfig, fuse_enhancements, load_enhancement, train_enhancement
+from .enhance import EnhanceConfig, fuse_enhancements, load_enhancement, merge_loras, train_enhancement
 from .loop import AugmentConfig, augment
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "RoundData",
     "augment",
     "fuse_enhancements",
+    "merge_loras",
     "load_enhancement",
     "rejected_for",
     "select",

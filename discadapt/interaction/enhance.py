@@ -12,7 +12,8 @@ posterior mode) and prompts once, before training.
 The run folder resumes like every engine run; its output `lora/` is in diffusers' format.
 
 `fuse_enhancements(pipe, folders)` merges saved LoRAs into a pipeline, in order, and drops the LoRA layers: the UNet
-then has plain weights again, W + sum_k (alpha_k / r_k) B_k A_k, at the cost of the base model.
+then has plain weights again, W + sum_k (alpha_k / r_k) B_k A_k, at the cost of the base model. `merge_loras(folders,
+out_dir)` writes one LoRA whose update is a weighted sum of theirs (by default their mean, a "soup" of runs).
 
 Example:
     >>> config = EnhanceConfig(steps=300, lora_rank=8)
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +41,14 @@ from ..text import encode_text, get_unet, unet_text_kwargs
 from ..train.engine import LoopSettings, Objective, make_accelerator, run_training
 from ..train.tune import LORA_WEIGHTS, add_lora, save_lora
 
-__all__ = ["EnhanceConfig", "EnhanceObjective", "fuse_enhancements", "load_enhancement", "train_enhancement"]
+__all__ = [
+    "EnhanceConfig",
+    "EnhanceObjective",
+    "fuse_enhancements",
+    "load_enhancement",
+    "merge_loras",
+    "train_enhancement",
+]
 
 
 def _is_number(value) -> bool:
@@ -285,25 +295,111 @@ def train_enhancement(
     return run_training(objective, out_dir, resume=resume, progress=progress, accelerator=accelerator)
 
 
-def fuse_enhancements(pipe, folders: Sequence[str | os.PathLike]) -> None:
+def _checked_scales(scales: Sequence[float] | None, n: int, default: float) -> list[float]:
+    """One finite weight per LoRA folder (`default` each when None), or a ValueError."""
+    scales = [default] * n if scales is None else [float(s) for s in scales]
+    if len(scales) != n or not all(math.isfinite(s) for s in scales):
+        raise ValueError(f"`scales` is {scales!r} for {n} folders; pass one finite number per folder.")
+    return scales
+
+
+def fuse_enhancements(pipe, folders: Sequence[str | os.PathLike], scales: Sequence[float] | None = None) -> None:
     """Merge the LoRAs saved in `folders` (diffusers' format) into `pipe`'s UNet, in order, and remove the LoRA
     layers, leaving plain weights. A LoRA still attached from training is removed first, unmerged.
 
+    Args:
+        pipe: the pipeline the LoRAs were trained on.
+        folders (`Sequence[str | PathLike]`): the LoRA folders.
+        scales (`Sequence[float]`, *optional*): each LoRA's weight (diffusers' `lora_scale`): 1 merges it as
+            trained; n LoRAs of one model at 1/n each merge the mean of their updates (a "soup"). Default all 1.
+
     Raises:
         FileNotFoundError: a folder without `pytorch_lora_weights.safetensors`.
+        ValueError: `scales` not one finite number per folder.
     """
     for folder in folders:
         if not (Path(folder) / LORA_WEIGHTS).is_file():
             raise FileNotFoundError(
                 f"No LoRA at {Path(folder) / LORA_WEIGHTS}; pass the `lora` folder of a finished enhancement run."
             )
+    scales = _checked_scales(scales, len(folders), default=1.0)
     unet = get_unet(pipe)
     if getattr(unet, "peft_config", None):
         pipe.unload_lora_weights()
-    for k, folder in enumerate(folders):
+    for k, (folder, scale) in enumerate(zip(folders, scales)):
         load_enhancement(pipe, folder, f"enhance_{k}")
-        pipe.fuse_lora(components=["unet"], adapter_names=[f"enhance_{k}"])
+        pipe.fuse_lora(components=["unet"], lora_scale=scale, adapter_names=[f"enhance_{k}"])
         pipe.unload_lora_weights()
+
+
+def _rank_and_alpha(metadata: dict, folder) -> tuple[int, float]:
+    """`(r, lora_alpha)` of a diffusers LoRA file's `lora_adapter_metadata` (one rank and alpha for every module)."""
+    config = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+    rank, alpha = config.get("unet.r"), config.get("unet.lora_alpha")
+    if rank is None or alpha is None or config.get("unet.rank_pattern") or config.get("unet.alpha_pattern"):
+        raise ValueError(
+            f"The LoRA in {folder} has no single rank and alpha in its metadata; pass LoRAs saved by discadapt's "
+            "trainers or by diffusers' save_lora_weights with peft's metadata."
+        )
+    return int(rank), float(alpha)
+
+
+def merge_loras(
+    folders: Sequence[str | os.PathLike], out_dir: str | os.PathLike, scales: Sequence[float] | None = None
+) -> Path:
+    """Write one LoRA (diffusers' format, `out_dir/pytorch_lora_weights.safetensors`) whose update is
+    sum_i scales_i (alpha_i / r_i) B_i A_i of the LoRAs in `folders`: their A ("down") matrices stacked, their B
+    ("up") matrices scaled by scales_i alpha_i / r_i side by side, rank sum_i r_i and alpha equal to it. Fusing it
+    gives what `fuse_enhancements(pipe, folders, scales)` gives, up to float rounding.
+
+    Args:
+        folders (`Sequence[str | PathLike]`): LoRAs of one model on the same modules (diffusers' format).
+        out_dir (`str | PathLike`): the folder to write (created).
+        scales (`Sequence[float]`, *optional*): one weight per LoRA; default 1/n each (the mean update, a "soup").
+
+    Returns:
+        Path: `out_dir`.
+
+    Raises:
+        FileNotFoundError: a folder without `pytorch_lora_weights.safetensors`.
+        ValueError: `scales` not one finite number per folder; LoRAs on different modules; no single rank and
+            alpha in a LoRA's metadata.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if not folders:
+        raise ValueError("`folders` is empty; pass the LoRA folders to merge.")
+    scales = _checked_scales(scales, len(folders), default=1.0 / len(folders))
+    loras = []
+    for folder in folders:
+        path = Path(folder) / LORA_WEIGHTS
+        if not path.is_file():
+            raise FileNotFoundError(f"No LoRA at {path}; pass the `lora` folder of a finished run.")
+        with safe_open(path, framework="pt") as f:
+            loras.append((f.metadata() or {}, {k: f.get_tensor(k).float() for k in f.keys()}))
+    keys = sorted(loras[0][1])
+    for folder, (_, tensors) in zip(folders, loras):
+        if sorted(tensors) != keys:
+            raise ValueError(f"The LoRA in {folder} is on other modules than the one in {folders[0]}; merge LoRAs of "
+                             "the same targets.")  # fmt: skip
+    factors = [scale * alpha / rank for scale, (rank, alpha) in
+               zip(scales, (_rank_and_alpha(m, f) for f, (m, _) in zip(folders, loras)))]  # fmt: skip
+    merged = {}
+    for key in keys:
+        parts = [tensors[key] for _, tensors in loras]
+        if key.endswith(("lora.up.weight", "lora_B.weight")):  # (out, r_i): side by side, scaled
+            merged[key] = torch.cat([factor * part for factor, part in zip(factors, parts)], dim=1).contiguous()
+        else:  # (r_i, in): stacked
+            merged[key] = torch.cat(parts, dim=0).contiguous()
+    total = sum(_rank_and_alpha(m, f)[0] for f, (m, _) in zip(folders, loras))
+    config = json.loads(loras[0][0]["lora_adapter_metadata"])
+    config.update({"unet.r": total, "unet.lora_alpha": total})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = {**loras[0][0], "lora_adapter_metadata": json.dumps(config, indent=2)}
+    save_file(merged, out / LORA_WEIGHTS, metadata=metadata)
+    return out
 
 
 def load_enhancement(pipe, folder: str | os.PathLike, name: str = "enhance") -> None:

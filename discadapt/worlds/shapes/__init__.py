@@ -20,7 +20,7 @@ Example:
 from .bundle import load_pipeline
 from .captions import CATEGORIES, Caption, Phrase, parse
 from .dataset import Example, make_dataset, make_example
-from .negatives import KINDS, Negative, hard_negatives
+from .negatives import KINDS, Negative, hard_negatives, prompt_negatives
 from .oracle import check, check_all, detect
 from .palette import BACKGROUND, COLORS, SHAPES, SIZES
 from .referring import referring_expressions
@@ -50,6 +50,7 @@ __all__ = [
     "detect",
     "evaluate",
     "hard_negatives",
+    "prompt_negatives",
     "load_pipeline",
     "held_out",
     "make_dataset",

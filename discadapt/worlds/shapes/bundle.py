@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -321,11 +322,22 @@ def _world_step(dest) -> int | None:
     return json.loads((WEIGHTS_DIR / "world" / "manifest.json").read_text()).get("step") if dest is None else None
 
 
-def bundle_lora(lora_dir: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
+def bundle_lora(lora_dir: str | os.PathLike, dest: str | os.PathLike | None = None, soup: Sequence = ()) -> Path:
     """Bundle a stage-2 LoRA of the world pipeline (a `save_lora_weights` folder, e.g. the `lora/` of a
-    `discadapt tune --world` run) as `weights/lora`, in float32 with its diffusers metadata (rank, alpha)."""
-    metadata, tensors = _read_lora(lora_dir)
+    `discadapt tune --world` run) as `weights/lora`, in float32 with its diffusers metadata (rank, alpha). With `soup`
+    (more such folders), the bundled LoRA is the mean of all their updates (`interaction.merge_loras`), its rank the
+    sum of theirs, and the manifest names them."""
+    if soup:
+        from ...interaction import merge_loras
+
+        with tempfile.TemporaryDirectory() as tmp:
+            merge_loras([lora_dir, *soup], tmp)
+            metadata, tensors = _read_lora(tmp)
+    else:
+        metadata, tensors = _read_lora(lora_dir)
     manifest = {"kind": "lora", "metadata": metadata, "world_step": _world_step(dest)}
+    if soup:
+        manifest["soup"] = [str(Path(folder)) for folder in (lora_dir, *soup)]
     return write_bundle(WEIGHTS_DIR / "lora" if dest is None else dest, manifest, {"lora": tensors}, half=False)
 
 

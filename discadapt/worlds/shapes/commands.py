@@ -8,6 +8,7 @@ discadapt world train --out RUN [--seed 0] [--steps N]   train (or resume) the w
 discadapt world bundle RUN                              bundle a finished RUN's models into the package
 discadapt world bundle --probe RUN                      bundle the adapter of a `discadapt probe --world` run
 discadapt world bundle --tune RUN                       bundle the LoRA and adapter of a `discadapt tune --world` run
+discadapt world bundle --tune RUN --soup LORA [...]     the same, the LoRA the mean of its and more runs' updates
 discadapt world bundle --augment RUN [--rounds K]       bundle the enhancement LoRAs of an interaction loop run
 """
 
@@ -105,6 +106,9 @@ def _bundle(args) -> int:
         raise ValueError("`discadapt world bundle` needs a world RUN folder, --probe RUN, --tune RUN or --augment RUN.")
     if args.rounds is not None and not args.augment:
         raise ValueError("`--rounds` applies to --augment RUN; pass that too, or drop --rounds.")
+    if args.soup and not args.tune:
+        raise ValueError("`--soup` applies to --tune RUN; pass that too, or drop --soup.")
+    soup = [Path(f) / "lora" if (Path(f) / "lora").is_dir() else Path(f) for f in args.soup or ()]
     for run, parts in ((args.probe, ("adapter",)), (args.tune, ("lora", "adapter"))):
         for part in parts if run else ():
             if not (Path(run) / part).is_dir():
@@ -115,7 +119,7 @@ def _bundle(args) -> int:
     if args.probe:
         jobs.append(("adapter", Path(args.probe) / "adapter", bundle_adapter))
     if args.tune:
-        jobs.append(("lora", Path(args.tune) / "lora", bundle_lora))
+        jobs.append(("lora", Path(args.tune) / "lora", partial(bundle_lora, soup=soup)))
         jobs.append(("tuned_adapter", Path(args.tune) / "adapter", partial(bundle_adapter, name="tuned_adapter")))
     if args.augment:
         jobs.append(("interaction", Path(args.augment), partial(bundle_interaction, rounds=args.rounds)))
@@ -150,6 +154,11 @@ def add_commands(subparsers) -> None:
     bundle.add_argument("run", nargs="?", help="a `discadapt world train` folder (the world pipeline and CLIP)")
     bundle.add_argument("--probe", help="a finished `discadapt probe --world` folder (its adapter)")
     bundle.add_argument("--tune", help="a finished `discadapt tune --world` folder (its LoRA and adapter)")
+    bundle.add_argument(
+        "--soup", nargs="+", metavar="LORA",
+        help="with --tune: more stage-2 LoRAs (tune run or LoRA folders); the bundled LoRA is the mean of their "
+        "updates and --tune's (the adapter stays --tune's)",
+    )  # fmt: skip
     bundle.add_argument("--augment", help="a finished interaction loop folder (its enhancement LoRAs, fused in order)")
     bundle.add_argument("--rounds", type=int_at_least(1), default=None, help="with --augment: bundle rounds 1..K")
     bundle.add_argument("--dest", default=None, help="weights root (default: the package's weights/ folder)")

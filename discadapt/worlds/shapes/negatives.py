@@ -15,6 +15,10 @@ with relaxed geometry (`semantics.evaluate` with margin `-SAFETY_MARGIN`), so th
 object centres can make it true, and if `allowed(candidate)` (the dataset uses it to keep held-out combinations
 out of training text). Each kind gives at most one negative; a kind with no such candidate gives none.
 
+`prompt_negatives(caption)` gives the same edits of a prompt with no scene to check them against (for guidance away
+from them while generating, `sampling.contrast`): replacement colors and shapes named in the caption come first; it
+also gives one phrase of two alone (`DROP_PHRASE`), true of the prompt's images but missing an object.
+
 Example:
     >>> from discadapt.worlds.shapes import Obj, Scene, hard_negatives, parse
     >>> scene = Scene(64, [Obj("red", "circle", "small", (4, 24, 20, 40), 64),
@@ -30,17 +34,18 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .captions import Caption, Phrase
+from .captions import Caption, Phrase, parse
 from .palette import COLORS, SHAPES, SIZES
 from .scenes import Scene
 from .semantics import SAFETY_MARGIN, evaluate
 
-__all__ = ["KINDS", "Negative", "hard_negatives"]
+__all__ = ["DROP_PHRASE", "KINDS", "Negative", "hard_negatives", "prompt_negatives"]
 
+DROP_PHRASE = "drop_phrase"  # a generation-only kind of `prompt_negatives`: one phrase of two alone
 KINDS = ("swap_attributes", "swap_relation", "wrong_count", "wrong_color", "wrong_shape", "wrong_size")
 _KINDS_OF = {
     "single": ("wrong_color", "wrong_shape"),
@@ -80,7 +85,8 @@ def _with_phrase(caption: Caption, index: int, **changes) -> Caption | None:
     return _with_phrases(caption, phrases)
 
 
-def _candidates(kind: str, caption: Caption, scene: Scene, rng: np.random.Generator) -> Iterator[Caption | None]:
+def _candidates(kind: str, caption: Caption, present, rng: np.random.Generator) -> Iterator[Caption | None]:
+    """Candidates of `kind`, replacements named by `present` (objects or phrases: `.color`, `.shape`) first."""
     phrases = caption.phrases
     if kind == "swap_attributes":
         a, b = phrases
@@ -92,14 +98,14 @@ def _candidates(kind: str, caption: Caption, scene: Scene, rng: np.random.Genera
         for n in sorted({1, 2, 3, 4} - {caption.count}, key=lambda n: (abs(n - caption.count), rng.random())):
             yield dataclasses.replace(caption, count=n)
     elif kind == "wrong_color":
-        present = {o.color for o in scene.objects}
+        colors = {o.color for o in present}
         for i in rng.permutation(len(phrases)):
-            for color in _ordered(rng, present, COLORS, phrases[i].color):
+            for color in _ordered(rng, colors, COLORS, phrases[i].color):
                 yield _with_phrase(caption, int(i), color=color)
     elif kind == "wrong_shape":
-        present = {o.shape for o in scene.objects}
+        shapes = {o.shape for o in present}
         for i in rng.permutation(len(phrases)):
-            for shape in _ordered(rng, present, SHAPES, phrases[i].shape):
+            for shape in _ordered(rng, shapes, SHAPES, phrases[i].shape):
                 yield _with_phrase(caption, int(i), shape=shape)
     else:  # wrong_size
         for size in _ordered(rng, set(), SIZES, phrases[0].size):
@@ -126,10 +132,57 @@ def hard_negatives(
     rng = np.random.default_rng(rng)
     negatives = []
     for kind in _KINDS_OF[caption.category]:
-        for candidate in _candidates(kind, caption, scene, rng):
+        for candidate in _candidates(kind, caption, scene.objects, rng):
             if candidate is None or candidate == caption or (allowed is not None and not allowed(candidate)):
                 continue
             if not evaluate(scene.objects, candidate, margin=-SAFETY_MARGIN).ok:
                 negatives.append(Negative(kind, candidate))
                 break
+    return negatives
+
+
+def prompt_negatives(
+    caption: Caption | str, rng: np.random.Generator | int = 0, kinds: Sequence[str] | None = None
+) -> list[Negative]:
+    """Negatives of a prompt with no scene, for guidance away from them while generating: for each kind that applies to
+    its category, the first candidate (colors and shapes the caption names first), unchecked, since no image exists
+    yet. Swapped attributes, the opposite relation and another count are false for any image the prompt is true of.
+
+    One more kind, `"drop_phrase"` (two objects and spatial relations; not in `KINDS`, not a hard negative: it is
+    true of the prompt's images), gives each phrase alone as a single-object caption ("a red circle"): the prompt
+    against it asks for the object the other phrase names, which generation often leaves out.
+
+    Args:
+        caption (Caption | str): the prompt, parsed if a string (`captions.parse`).
+        rng (np.random.Generator | int): source (or seed) of the order of replacements. Default 0.
+        kinds (Sequence[str] | None): the kinds to give, of `KINDS` and "drop_phrase"; None: every kind of `KINDS`
+            that applies to the caption's category. Default None.
+
+    Returns:
+        list[Negative]: at most one per kind (two for "drop_phrase"), in the order of `kinds`.
+
+    Example:
+        >>> [n.caption.text for n in prompt_negatives("a red circle to the left of a blue square")]
+        ['a blue circle to the left of a red square', 'a red circle to the right of a blue square', \
+'a blue circle to the left of a blue square', 'a red square to the left of a blue square']
+        >>> [n.caption.text for n in prompt_negatives("a red circle and a blue square", kinds=["drop_phrase"])]
+        ['a red circle', 'a blue square']
+    """
+    bad = sorted(set(kinds or ()) - {*KINDS, DROP_PHRASE})
+    if bad or isinstance(kinds, str):
+        raise ValueError(f"`kinds` is {kinds!r}; pass names of {(*KINDS, DROP_PHRASE)}, or None.")
+    caption = parse(caption) if isinstance(caption, str) else caption
+    rng = np.random.default_rng(rng)
+    negatives = []
+    for kind in _KINDS_OF[caption.category] if kinds is None else kinds:
+        if kind == DROP_PHRASE:
+            if caption.category in ("two_objects", "spatial"):
+                negatives += [Negative(kind, Caption("single", (phrase,))) for phrase in caption.phrases]
+            continue
+        if kind not in _KINDS_OF[caption.category]:
+            continue
+        candidates = _candidates(kind, caption, caption.phrases, rng)
+        candidate = next((c for c in candidates if c not in (None, caption)), None)
+        if candidate is not None:
+            negatives.append(Negative(kind, candidate))
     return negatives

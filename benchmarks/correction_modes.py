@@ -6,7 +6,8 @@ corrected, the latent is not) against ours (`"plain"`: the latent moves; `"reuse
    oracle's accuracy per multi-object category. The best scale of each mode is chosen here, on the multi-object mean.
    `--start/--stop` move the window (hypothesis 1: the adapter was trained on t < 500, the second half of the
    schedule, while the demo corrects the first 60%); `--adapter DIR` corrects with another adapter (hypothesis 2: a
-   longer-trained one from `probe_curve.py`).
+   longer-trained one from `probe_curve.py`); `--tuned` corrects the bundled tuned pipeline (stage-2 LoRA fused)
+   with its `tuned_adapter`, beside it uncorrected (`uncorrected`), the base row still the untuned pipeline.
 2. With `--held-out`: the demo's held-out prompts (multi-object categories, 40 prompts x 5 images), base and each
    mode at its chosen scale, paired differences to base with 95% intervals, time per image.
 
@@ -30,16 +31,19 @@ from discadapt.adapter import DiscriminativeAdapter  # noqa: E402
 from discadapt.bench import pipeline_method, run_suite  # noqa: E402
 from discadapt.sampling import SelfCorrectingPipeline  # noqa: E402
 from discadapt.worlds.shapes.bundle import load_pipeline  # noqa: E402
-from discadapt.worlds.shapes.rows import CORRECTION, GUIDANCE, bundled_adapter  # noqa: E402
+from discadapt.worlds.shapes.rows import CORRECTION, GUIDANCE, bundled_adapter, bundled_tuned  # noqa: E402
 from discadapt.worlds.shapes.suite import shapes_suite  # noqa: E402
 
 STEPS = 25
 
 
-def methods(pipe, adapter, settings: dict[str, tuple[str, float]], window: tuple[float, float]) -> dict:
+def methods(pipe, adapter, settings: dict[str, tuple[str, float]], window: tuple[float, float], base=None) -> dict:
     """base, then `name -> (mode, scale)` as self-correcting pipelines sharing `pipe`'s weights, correcting in
-    `window` (fractions of the schedule)."""
-    out = {"base": pipeline_method(pipe, STEPS, GUIDANCE)}
+    `window` (fractions of the schedule). With `base` (another pipeline), it is the base row and `pipe` the
+    `uncorrected` row."""
+    out = {"base": pipeline_method(pipe if base is None else base, STEPS, GUIDANCE)}
+    if base is not None:
+        out["uncorrected"] = pipeline_method(pipe, STEPS, GUIDANCE)
     for name, (mode, scale) in settings.items():
         correction = {**CORRECTION, "scale": scale, "mode": mode, "start": window[0], "stop": window[1]}
         fixed = SelfCorrectingPipeline.from_pipe(pipe, adapter=adapter, correction=correction)
@@ -61,20 +65,28 @@ def main(argv=None) -> int:
     parser.add_argument("--start", type=float, default=0.0, help="correction window start (fraction of the schedule)")
     parser.add_argument("--stop", type=float, default=CORRECTION["stop"], help="window stop (default the demo's 0.6)")
     parser.add_argument("--adapter", help="a saved adapter folder (default: the bundled stage-1 adapter)")
+    parser.add_argument(
+        "--tuned", action="store_true",
+        help="correct the bundled tuned pipeline with its tuned_adapter (--adapter overrides); base stays untuned",
+    )  # fmt: skip
     parser.add_argument("--held-out", action="store_true")
+    parser.add_argument("--held-out-prompts", type=int, default=40, help="demo prompts per category (default 40)")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     out = Path(args.out)
-    pipe = load_pipeline()
-    adapter = DiscriminativeAdapter.from_pretrained(args.adapter) if args.adapter else bundled_adapter()
+    base = load_pipeline()
+    base.set_progress_bar_config(disable=True)
+    pipe, adapter = bundled_tuned() if args.tuned else (base, bundled_adapter())
+    adapter = DiscriminativeAdapter.from_pretrained(args.adapter) if args.adapter else adapter
     pipe.set_progress_bar_config(disable=True)
+    base = base if args.tuned else None
     # 1. the sweep on train-split prompts
     prompts = [p for p, c in train_prompts(args.prompts_per_category).items() if c in MULTI]
     suite = shapes_suite(prompts=prompts, images_per_prompt=args.images_per_prompt)
     grid = {f"{mode} {scale:g}": (mode, scale) for mode in args.modes for scale in args.scales}
     train = run_suite(
-        suite, methods(pipe, adapter, grid, (args.start, args.stop)), out / "train", batch_size=48, progress=False
+        suite, methods(pipe, adapter, grid, (args.start, args.stop), base), out / "train", batch_size=48, progress=False
     )
     scores = {name: multi_mean(found) for name, found in train["methods"].items()}
     chosen = {}
@@ -89,9 +101,9 @@ def main(argv=None) -> int:
     print(json.dumps(summary, indent=1))
     # 2. the chosen settings on the demo's held-out prompts
     if args.held_out:
-        held = shapes_suite(list(MULTI), n_prompts=40, images_per_prompt=5)
+        held = shapes_suite(list(MULTI), n_prompts=args.held_out_prompts, images_per_prompt=5)
         found = run_suite(
-            held, methods(pipe, adapter, chosen, (args.start, args.stop)), out / "held-out", progress=False
+            held, methods(pipe, adapter, chosen, (args.start, args.stop), base), out / "held-out", progress=False
         )
         summary["held_out"] = {
             name: {"multi_mean": multi_mean(m), "difference_to_base": m.get("difference_to_base", {}).get("all"),

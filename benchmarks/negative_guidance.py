@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance-controls", type=float, nargs="*", default=[], help="base at these guidances")
     parser.add_argument("--tuned", action="store_true", help="the bundled tuned pipeline (LoRA fused) as base")
     parser.add_argument("--held-out", action="store_true")
+    parser.add_argument("--held-out-prompts", type=int, default=40, help="demo prompts per category (default 40)")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     print(json.dumps(summary, indent=1))
     # 2. the chosen setting on the demo's held-out prompts
     if args.held_out:
-        held = shapes_suite(list(MULTI), n_prompts=40, images_per_prompt=5)
+        held = shapes_suite(list(MULTI), n_prompts=args.held_out_prompts, images_per_prompt=5)
         found = run_suite(held, methods(pipe, {best: grid[best]}), out / "held-out", progress=False)
         summary["held_out"] = {
             name: {"multi_mean": multi_mean(m), "difference_to_base": m.get("difference_to_base", {}).get("all"),

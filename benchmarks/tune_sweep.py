@@ -40,7 +40,9 @@ BASE = (
 # drawn from the whole schedule unless --denoise-timestep-range narrows them (--timestep-range is the adapter's).
 LANES = {
     "c-s0": "",  # the bundled recipe
-    "c-s1": "--seed 1",  # seed spread
+    "c-s1": "--seed 1",  # seed spread (and members of a mean of runs, `world bundle --soup`)
+    "c-s2": "--seed 2",
+    "c-s3": "--seed 3",
     "d-s1": "--contrast-weight 0 --seed 1",  # control: denoising alone
     "c-hi": "--denoise-timestep-range 500 1000",  # only the noisier half, where the layout is decided
     "c-lo": "--denoise-timestep-range 0 500",  # only the cleaner half

@@ -25,16 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import set_threads  # noqa: E402
-from augment_shapes import MULTI, train_prompts  # noqa: E402
+from _protocol import STEPS, add_arguments, held_out_suite, multi_mean, train_suite  # noqa: E402
 
 from discadapt.adapter import DiscriminativeAdapter  # noqa: E402
 from discadapt.bench import pipeline_method, run_suite  # noqa: E402
 from discadapt.sampling import SelfCorrectingPipeline  # noqa: E402
 from discadapt.worlds.shapes.bundle import load_pipeline  # noqa: E402
 from discadapt.worlds.shapes.rows import CORRECTION, GUIDANCE, bundled_adapter, bundled_tuned  # noqa: E402
-from discadapt.worlds.shapes.suite import shapes_suite  # noqa: E402
-
-STEPS = 25
 
 
 def methods(pipe, adapter, settings: dict[str, tuple[str, float]], window: tuple[float, float], base=None) -> dict:
@@ -51,15 +48,9 @@ def methods(pipe, adapter, settings: dict[str, tuple[str, float]], window: tuple
     return out
 
 
-def multi_mean(found: dict) -> float:
-    return sum(found["categories"][c]["accuracy"] for c in MULTI) / len(MULTI)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--prompts-per-category", type=int, default=12)
-    parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
     parser.add_argument("--modes", nargs="+", default=["plain", "input"])
     parser.add_argument("--start", type=float, default=0.0, help="correction window start (fraction of the schedule)")
@@ -69,9 +60,7 @@ def main(argv=None) -> int:
         "--tuned", action="store_true",
         help="correct the bundled tuned pipeline with its tuned_adapter (--adapter overrides); base stays untuned",
     )  # fmt: skip
-    parser.add_argument("--held-out", action="store_true")
-    parser.add_argument("--held-out-prompts", type=int, default=40, help="demo prompts per category (default 40)")
-    parser.add_argument("--threads", type=int)
+    add_arguments(parser, prompts_per_category=12)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     out = Path(args.out)
@@ -82,8 +71,7 @@ def main(argv=None) -> int:
     pipe.set_progress_bar_config(disable=True)
     base = base if args.tuned else None
     # 1. the sweep on train-split prompts
-    prompts = [p for p, c in train_prompts(args.prompts_per_category).items() if c in MULTI]
-    suite = shapes_suite(prompts=prompts, images_per_prompt=args.images_per_prompt)
+    suite = train_suite(args)
     grid = {f"{mode} {scale:g}": (mode, scale) for mode in args.modes for scale in args.scales}
     train = run_suite(
         suite, methods(pipe, adapter, grid, (args.start, args.stop), base), out / "train", batch_size=48, progress=False
@@ -101,7 +89,7 @@ def main(argv=None) -> int:
     print(json.dumps(summary, indent=1))
     # 2. the chosen settings on the demo's held-out prompts
     if args.held_out:
-        held = shapes_suite(list(MULTI), n_prompts=args.held_out_prompts, images_per_prompt=5)
+        held = held_out_suite(args)
         found = run_suite(
             held, methods(pipe, adapter, chosen, (args.start, args.stop), base), out / "held-out", progress=False
         )

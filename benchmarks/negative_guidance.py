@@ -28,15 +28,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import set_threads  # noqa: E402
-from augment_shapes import MULTI, train_prompts  # noqa: E402
-from correction_modes import STEPS, multi_mean  # noqa: E402
+from _protocol import STEPS, add_arguments, held_out_suite, multi_mean, train_suite  # noqa: E402
 
 from discadapt.bench import pipeline_method, run_suite  # noqa: E402
 from discadapt.bench.methods import hard_negative_method  # noqa: E402
 from discadapt.worlds.shapes import prompt_negatives  # noqa: E402
 from discadapt.worlds.shapes.bundle import load_pipeline  # noqa: E402
 from discadapt.worlds.shapes.rows import GUIDANCE, bundled_tuned  # noqa: E402
-from discadapt.worlds.shapes.suite import shapes_suite  # noqa: E402
 
 
 def negatives_of(kinds: tuple[str, ...] | None):
@@ -67,8 +65,6 @@ def methods(pipe, settings: dict[str, tuple], guidances=()) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--prompts-per-category", type=int, default=40)
-    parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     parser.add_argument("--windows", type=window, nargs="+", default=[(0.0, 0.6), (0.0, 1.0)], help="START:STOP")
     parser.add_argument(
@@ -77,17 +73,14 @@ def main(argv=None) -> int:
     )  # fmt: skip
     parser.add_argument("--guidance-controls", type=float, nargs="*", default=[], help="base at these guidances")
     parser.add_argument("--tuned", action="store_true", help="the bundled tuned pipeline (LoRA fused) as base")
-    parser.add_argument("--held-out", action="store_true")
-    parser.add_argument("--held-out-prompts", type=int, default=40, help="demo prompts per category (default 40)")
-    parser.add_argument("--threads", type=int)
+    add_arguments(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     out = Path(args.out)
     pipe = bundled_tuned()[0] if args.tuned else load_pipeline()
     pipe.set_progress_bar_config(disable=True)
     # 1. the sweep on train-split prompts
-    prompts = [p for p, c in train_prompts(args.prompts_per_category).items() if c in MULTI]
-    suite = shapes_suite(prompts=prompts, images_per_prompt=args.images_per_prompt)
+    suite = train_suite(args)
     grid = {
         f"w {s:g} in [{a:g}, {b:g})" + (f" {'+'.join(kinds)}" if kinds else ""): (s, (a, b), kinds)
         for kinds in args.kinds for s in args.scales for a, b in args.windows
@@ -106,7 +99,7 @@ def main(argv=None) -> int:
     print(json.dumps(summary, indent=1))
     # 2. the chosen setting on the demo's held-out prompts
     if args.held_out:
-        held = shapes_suite(list(MULTI), n_prompts=args.held_out_prompts, images_per_prompt=5)
+        held = held_out_suite(args)
         found = run_suite(held, methods(pipe, {best: grid[best]}), out / "held-out", progress=False)
         summary["held_out"] = {
             name: {"multi_mean": multi_mean(m), "difference_to_base": m.get("difference_to_base", {}).get("all"),

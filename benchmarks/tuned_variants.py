@@ -26,8 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import set_threads  # noqa: E402
-from augment_shapes import MULTI, train_prompts  # noqa: E402
-from correction_modes import STEPS, multi_mean  # noqa: E402
+from _protocol import MULTI, STEPS, add_arguments, held_out_suite, multi_mean, train_suite  # noqa: E402
 
 from discadapt.bench import pipeline_method, run_suite  # noqa: E402
 from discadapt.interaction import fuse_enhancements  # noqa: E402
@@ -35,7 +34,6 @@ from discadapt.scorers import DenoisingScorer  # noqa: E402
 from discadapt.worlds.shapes.bundle import load_pipeline  # noqa: E402
 from discadapt.worlds.shapes.probing import hard_negative_table  # noqa: E402
 from discadapt.worlds.shapes.rows import GUIDANCE, SCORE_BATCH, bundled_tuned  # noqa: E402
-from discadapt.worlds.shapes.suite import shapes_suite  # noqa: E402
 
 
 def is_lora(folder: Path) -> bool:
@@ -104,12 +102,8 @@ def main(argv=None) -> int:
         help="finished `discadapt tune --world` run folders, LoRA folders (tune_sweep.py's LANE/lora-K), or `bundled`; "
         "A@S merges A at scale S, A+B merges both (A@0.5+B@0.5: the mean of their updates)",
     )
-    parser.add_argument("--prompts-per-category", type=int, default=40)
-    parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--probing", type=int, default=0, help="held-out scenes per category and split (0: off)")
-    parser.add_argument("--held-out", action="store_true")
-    parser.add_argument("--held-out-prompts", type=int, default=40, help="demo prompts per category (default 40)")
-    parser.add_argument("--threads", type=int)
+    add_arguments(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     out = Path(args.out)
@@ -118,8 +112,7 @@ def main(argv=None) -> int:
         parser.error(f"--runs {' '.join(args.runs)}: two runs share a name; give each its own folder name.")
     pipes = pipelines(runs)
     # 1. the variants on train-split prompts
-    prompts = [p for p, c in train_prompts(args.prompts_per_category).items() if c in MULTI]
-    suite = shapes_suite(prompts=prompts, images_per_prompt=args.images_per_prompt)
+    suite = train_suite(args)
     train = run_suite(suite, methods(pipes), out / "train", batch_size=48, progress=False)
     scores = {name: multi_mean(found) for name, found in train["methods"].items()}
     chosen = [name for name in runs if scores[name] == max(scores[n] for n in runs)]
@@ -139,7 +132,7 @@ def main(argv=None) -> int:
         summary["probing"] = {"columns": table.columns, "rows": table.rows}
     # 3. the chosen variants on the demo's held-out prompts
     if args.held_out:
-        held = shapes_suite(list(MULTI), n_prompts=args.held_out_prompts, images_per_prompt=5)
+        held = held_out_suite(args)
         held_methods = methods({"base": pipes["base"], **{name: pipes[name] for name in chosen}})
         found = run_suite(held, held_methods, out / "held-out", progress=False)
         summary["held_out"] = {

@@ -383,8 +383,8 @@ def merge_loras(
         if sorted(tensors) != keys:
             raise ValueError(f"The LoRA in {folder} is on other modules than the one in {folders[0]}; merge LoRAs of "
                              "the same targets.")  # fmt: skip
-    factors = [scale * alpha / rank for scale, (rank, alpha) in
-               zip(scales, (_rank_and_alpha(m, f) for f, (m, _) in zip(folders, loras)))]  # fmt: skip
+    ranks_alphas = [_rank_and_alpha(metadata, folder) for folder, (metadata, _) in zip(folders, loras)]
+    factors = [scale * alpha / rank for scale, (rank, alpha) in zip(scales, ranks_alphas)]
     merged = {}
     for key in keys:
         parts = [tensors[key] for _, tensors in loras]
@@ -392,7 +392,7 @@ def merge_loras(
             merged[key] = torch.cat([factor * part for factor, part in zip(factors, parts)], dim=1).contiguous()
         else:  # (r_i, in): stacked
             merged[key] = torch.cat(parts, dim=0).contiguous()
-    total = sum(_rank_and_alpha(m, f)[0] for f, (m, _) in zip(folders, loras))
+    total = sum(rank for rank, _ in ranks_alphas)
     config = json.loads(loras[0][0]["lora_adapter_metadata"])
     config.update({"unet.r": total, "unet.lora_alpha": total})
     out = Path(out_dir)

@@ -33,9 +33,9 @@ from discadapt.interaction.enhance import EnhanceConfig, fuse_enhancements  # no
 from discadapt.interaction.loop import AugmentConfig, augment  # noqa: E402
 from discadapt.worlds.shapes.captions import CATEGORIES, parse  # noqa: E402
 from discadapt.worlds.shapes.oracle import check  # noqa: E402
-from discadapt.worlds.shapes.suite import _distinct, demo_prompts  # noqa: E402
+from discadapt.worlds.shapes.suite import MULTI_OBJECT, _distinct, demo_prompts  # noqa: E402
 
-MULTI = ("two_objects", "counting", "spatial", "referring")
+MULTI = MULTI_OBJECT  # the multi-object categories
 
 
 def train_prompts(per_category: int, seed: int = 0) -> dict[str, str]:

@@ -8,7 +8,9 @@ mark is copied to OUT/LANE/lora-K. `--parallel` lanes run at once, as separate p
 Nothing is evaluated here: `benchmarks/tuned_variants.py --runs OUT/*/lora-*` compares them on train-split prompts.
 
 Resumable: a rerun skips the marks already kept and resumes each lane from its newest checkpoint. With `--deadline S`
-no slice starts after S seconds and running ones are stopped at S (their checkpoints stay for a rerun).
+no slice starts after S seconds and running ones are stopped at S (their checkpoints stay for a rerun). To stop a
+sweep by hand, stop its process group (Ctrl-C, or `kill -- -PGID`): killing the sweep's own process alone leaves the
+lane it was running training on.
 
     python benchmarks/tune_sweep.py --out runs/tune-sweep --adapter runs/stage1-bundled --marks 1000 2000 3000 \
         --parallel 8 [--lanes c-s0 c-s1] [--extra "--mixed-precision bf16"]
@@ -40,15 +42,15 @@ BASE = (
 # drawn from the whole schedule unless --denoise-timestep-range narrows them (--timestep-range is the adapter's).
 LANES = {
     "c-s0": "",  # the bundled recipe
-    "c-s1": "--seed 1",  # seed spread (and members of a mean of runs, `world bundle --soup`)
-    "c-s2": "--seed 2",
-    "c-s3": "--seed 3",
+    # seed spread, and the members of a mean of runs (`world bundle --soup`): c-s1 ... c-s15
+    **{f"c-s{seed}": f"--seed {seed}" for seed in range(1, 16)},
     "d-s1": "--contrast-weight 0 --seed 1",  # control: denoising alone
     "c-hi": "--denoise-timestep-range 500 1000",  # only the noisier half, where the layout is decided
     "c-lo": "--denoise-timestep-range 0 500",  # only the cleaner half
     "c-w3": "--contrast-weight 3",  # the contrast weighs more
     "c-k7": "--num-neg-captions 7",  # more hard negatives per caption
     "c-tau02": "--contrast-temperature 0.02",  # sharper contrast
+    "c-dp": "--shapes-phrase-negatives",  # each phrase alone among the negatives: the missing-object failure
 }
 
 
@@ -70,7 +72,7 @@ def run_lane(name: str, out: Path, marks: list[int], extra: list[str], deadline:
             break
         args = shlex.split(BASE) + shlex.split(LANES[name]) + extra
         args += ["--out", str(folder), "--steps", str(mark)]
-        if (folder / "checkpoints").is_dir():
+        if folder.is_dir():  # continue it, also a run stopped before its first checkpoint (it starts over)
             args.append("--resume")
         cmd = [sys.executable, "-m", "discadapt.cli", "tune", *args]
         with open(out / f"{name}.log", "a") as f:

@@ -74,6 +74,13 @@ def test_suite_seeds_groups_and_config():
         (dict(images_per_prompt=0), "`images_per_prompt` is 0; pass an int >= 1"),
         (dict(seed=-1), "`seed` is -1; pass an int >= 0"),
         (dict(min_image_size=0), "`min_image_size` is 0; pass an int >= 1"),
+        (dict(pools={"all": ["single"]}), "`pools` names 'all', a column already; give the pool another name"),
+        (dict(pools={"counting": ["single"]}), "`pools` names 'counting', a column already"),
+        (
+            dict(pools={"multi": ["counting", "two_objects"]}),
+            r"`pools\['multi'\]` is \['counting', 'two_objects'\]; pass",
+        ),
+        (dict(pools={"multi": []}), r"`pools\['multi'\]` is \[\]; pass one or more of the prompts' categories"),
     ],
 )
 def test_suite_bad_input(kwargs, match):
@@ -117,6 +124,25 @@ def test_run_suite_interleaves_and_computes(tmp_path, capsys):
                   "time per image"):  # fmt: skip
         assert title in out
     assert "ratio to base" in out and "not the parity)" in out
+
+
+def test_a_pool_is_one_more_column_of_its_categories_images(tmp_path, capsys):
+    suite = _suite(pools={"multi": ("counting", "spatial")})
+    results = run_suite(suite, {"base": _method(0), "odd": _method(1)}, tmp_path, batch_size=4, progress=False)
+    base = np.array([s % 2 == 0 for s in suite.seeds()])
+    groups, cats = suite.groups(), np.array([PROMPTS[i].category for i, _ in suite.jobs()])
+    pooled = cats != "single"
+    m = results["methods"]
+    found = bootstrap_ci(base[pooled], groups=groups[pooled])
+    assert m["base"]["pools"]["multi"] == dict(
+        accuracy=found.estimate, ci_low=found.low, ci_high=found.high, n_prompts=2, n_images=6
+    )
+    want = paired_difference_ci(~base[pooled], base[pooled], groups=groups[pooled])
+    assert m["odd"]["difference_to_base"]["multi"] == want.to_dict()
+    assert m["base"]["splits"]["test_ood"]["pools"]["multi"]["n_images"] == 2  # the counting prompt of test_ood
+    assert suite.config()["pools"] == {"multi": ["counting", "spatial"]} and "pools" not in _suite().config()
+    out = capsys.readouterr().out
+    assert out.count(" multi ") >= 2  # a column of the accuracy and the difference tables
 
 
 def test_run_suite_resumes_after_a_failure_and_a_kill(tmp_path):
@@ -226,6 +252,8 @@ def test_registry_scorers_judges_suites():
     assert {"shapes"} <= set(world.suites) and {"shapes oracle"} <= set(world.judges)
     assert {"world CLIP"} <= set(world.scorers)
     suite = world.suites["shapes"](categories=["single"], n_prompts=2, images_per_prompt=1)
+    everything = world.suites["shapes"](n_prompts=1, images_per_prompt=1)  # the multi-object mean is a column
+    assert everything.pools == {"multi-object": ("two_objects", "counting", "spatial", "referring")} and not suite.pools
     assert (
         isinstance(suite, Suite) and suite.judge.name == "oracle" and isinstance(world.judges["shapes oracle"](), Judge)
     )

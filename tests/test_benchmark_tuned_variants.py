@@ -85,6 +85,23 @@ def test_a_sweep_keeps_each_marks_lora_and_tuned_variants_compares_them(tmp_path
     assert set(summary["train_multi_mean"]) == {"base", "c-s0/lora-1", "c-s0/lora-2"}
 
 
+def test_a_lane_stopped_before_its_first_checkpoint_starts_over(tmp_path):
+    """A sweep killed before a lane's first checkpoint leaves its record and log only; a rerun trains that lane."""
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tune_sweep
+
+    out, extra = tmp_path / "sweep", "--shapes 8 --batch-size 2 --lora-rank 2"
+    args = ["--out", str(out), "--lanes", "c-s1", "--marks", "1", "--extra", extra]
+    assert tune_sweep.main(args) == 0
+    for name in ("checkpoints", "lora", "lora-1"):
+        shutil.rmtree(out / "c-s1" / name)
+    assert (out / "c-s1" / "log.jsonl").is_file()
+    assert tune_sweep.main(args) == 0
+    assert (out / "c-s1" / "lora-1" / "pytorch_lora_weights.safetensors").is_file()
+
+
 def test_variants_merge_loras_at_scales(tmp_path):
     """`A@s` merges A's update times s; `A@0.5+B@0.5` the mean of both updates (a soup)."""
     world = tuned_variants.load_pipeline()

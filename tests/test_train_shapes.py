@@ -1,11 +1,13 @@
 """ShapeWorld as training items (`discadapt.worlds.shapes.adapter_data`): format, edited negative images, splits."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from discadapt.train.data import check_item
-from discadapt.worlds.shapes import check, evaluate, held_out, make_dataset
+from discadapt.worlds.shapes import check, evaluate, held_out, make_dataset, parse
 from discadapt.worlds.shapes.adapter_data import ShapeWorldItems, edited_scene
 from discadapt.worlds.shapes.semantics import SAFETY_MARGIN
 
@@ -25,6 +27,32 @@ def test_items_are_the_examples_of_make_dataset_in_the_training_format():
             assert len(item["boxes"]) == 0
     assert items.categories == ("single", "two_objects", "counting", "spatial", "referring")
     assert items.fingerprint["split"] == "test_id"
+
+
+def test_phrase_negatives_add_each_phrase_alone_to_two_object_and_spatial_captions():
+    plain, phrases = ShapeWorldItems(10, seed=2), ShapeWorldItems(10, seed=2, phrase_negatives=True)
+    for i in range(10):
+        item, more = plain[i], phrases[i]
+        example = plain.example(i)
+        added = more["neg_captions"][len(item["neg_captions"]) :]
+        assert more["neg_captions"][: len(item["neg_captions"])] == item["neg_captions"]
+        if example.caption.category in ("two_objects", "spatial"):
+            assert added == [f"a {p.color} {p.shape}" for p in example.caption.phrases]
+            assert all(check(np.asarray(more["image"]), parse(text)).ok for text in added)  # true, one object short
+        else:
+            assert added == []
+        assert len(more["neg_images"]) == len(item["neg_images"])  # no image side for them
+    assert "phrase_negatives" not in plain.fingerprint and phrases.fingerprint["phrase_negatives"] is True
+
+
+def test_tune_world_takes_phrase_negatives_and_records_them(tmp_path):
+    from discadapt.cli import main as cli
+
+    args = ["tune", "--world", "--steps", "1", "--batch-size", "2", "--shapes", "8", "--eval-shapes", "0"]
+    args += ["--lora-rank", "2", "--contrast-weight", "1", "--shapes-phrase-negatives", "--no-progress"]
+    assert cli([*args, "--out", str(tmp_path / "run")]) == 0
+    record = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert record["run"]["dataset"]["fingerprint"]["phrase_negatives"] is True
 
 
 @pytest.mark.parametrize("split", ["train", "test_ood"])

@@ -180,29 +180,42 @@ def _stats(values: np.ndarray, groups: np.ndarray, mask: np.ndarray, seed: int, 
 
 
 def _scores(values: np.ndarray, groups: np.ndarray, cats: np.ndarray, splits: np.ndarray, suite: Suite, binary=True):
-    """Per category, per split (all and per category) and overall stats of one method's `(n_images,)` outcomes
-    (`binary`) or scores."""
+    """Per category, per pool (`Suite.pools`), per split (all, per category and per pool) and overall stats of one
+    method's `(n_images,)` outcomes (`binary`) or scores."""
     seed = suite.seed
     stats = lambda mask: _stats(values, groups, mask, seed, binary)  # noqa: E731
+    pooled = _pooled(suite, cats)
+
+    def pools(mask: np.ndarray) -> dict:  # a "pools" entry where the suite has pools
+        return {"pools": {p: stats(mask & m) for p, m in pooled.items() if (mask & m).any()}} if pooled else {}
+
     by_split = {}
     for split in suite.splits:
         mask = splits == split
         by_split[split] = {
             "all": stats(mask),
             "categories": {c: stats(mask & (cats == c)) for c in suite.categories if (mask & (cats == c)).any()},
+            **pools(mask),
         }
+    everything = np.ones(values.shape, dtype=bool)
     return {
         "categories": {c: stats(cats == c) for c in suite.categories},
+        **pools(everything),
         "splits": by_split,
-        "overall": stats(np.ones(values.shape, dtype=bool)),
+        "overall": stats(everything),
     }
 
 
+def _pooled(suite: Suite, cats: np.ndarray) -> dict[str, np.ndarray]:
+    """The images of each of the suite's pools (`Suite.pools`): a mask over its categories."""
+    return {name: np.isin(cats, members) for name, members in suite.pools.items()}
+
+
 def _differences(values: dict, groups: np.ndarray, cats: np.ndarray, suite: Suite, binary: bool = True) -> dict:
-    """Per method after the first, per category and over all: its accuracy (or mean score) minus the first's,
+    """Per method after the first, per category, pool and over all: its accuracy (or mean score) minus the first's,
     paired by image."""
     base, out = values[next(iter(values))], {}
-    masks = {**{c: cats == c for c in suite.categories}, "all": np.ones(cats.shape, dtype=bool)}
+    masks = {**{c: cats == c for c in suite.categories}, **_pooled(suite, cats), "all": np.ones(cats.shape, dtype=bool)}
     for name in list(values)[1:]:
         out[name] = {
             key: paired_difference_ci(
@@ -333,8 +346,9 @@ def run_suite(
         - "methods": {name: {"seconds", "seconds_per_image", "time_ratio" (to the first method), "categories":
           {category: stats}, "splits": {split: {"all": stats, "categories": {category: stats}}}, "overall": stats,
           "marginal": {category or "all": fraction of marginal verdicts}, "images": [{"prompt", "image", "ok",
-          "reason", "marginal"}], "difference_to_base" (all but the first): {category or "all": {"estimate", "low",
-          "high", "n", "n_groups", "level"}}}}, where stats = {"accuracy", "ci_low", "ci_high", "n_prompts",
+          "reason", "marginal"}], "difference_to_base" (all but the first): {category, pool or "all": {"estimate",
+          "low", "high", "n", "n_groups", "level"}}}}, and with `suite.pools` "pools": {pool: stats} beside
+          "categories" (also in each split), where stats = {"accuracy", "ci_low", "ci_high", "n_prompts",
           "n_images"}. Without a judge, none of the accuracy keys. With metrics: "metrics": {metric name: {"model",
           "categories", "splits", "overall" (stats with "mean" for "accuracy"), "difference_to_base"}}, and each
           image's "scores": {metric name: score}.

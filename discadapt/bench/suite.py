@@ -2,10 +2,12 @@
 
 - `Prompt(text, category, split, group)`: a prompt, the category and split it is reported under, and the group it
   is resampled with by the bootstrap (None: the prompt alone; images of one prompt are always resampled together).
-- `Suite(name, prompts, judge, images_per_prompt, seed, metrics=...)`: image k of prompt p is drawn with seed
+- `Suite(name, prompts, judge, images_per_prompt, seed, metrics=..., pools=...)`: image k of prompt p is drawn with seed
   `image_seed(seed, p.text, k)` (`sampling.seeds`, the seeds of `discadapt generate` too), by every method. The
   judge (a `scorers.Judge`, or None) gives each image a verdict, counted as accuracy; the metrics (`scorers.Scorer`s,
-  e.g. the evaluators of `discadapt.evaluators`) give each image a score, reported as means.
+  e.g. the evaluators of `discadapt.evaluators`) give each image a score, reported as means. A pool (a named set of
+  categories, e.g. the shapes world's "multi-object") is one more column of the tables: its categories' images
+  together.
 
 A world supplies its suites (the shapes world: `worlds/shapes/suite.py`, its held-out prompts and its oracle as the
 judge) and registers them (`plugins.Registry.add_suite`); `bench.run_suite` runs methods on one.
@@ -23,8 +25,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -71,10 +73,14 @@ class Suite:
             refused. Default 1.
         metrics (Sequence[Scorer]): scorers of every (image, prompt) pair (`name`, `score(images, prompts) -> (N,)`,
             optionally `model`), with distinct names. Default none.
+        pools (Mapping[str, Sequence[str]]): named sets of the prompts' categories, each reported as one more column
+            beside "all" (the images of its categories together, with their paired differences), e.g.
+            `{"multi-object": ["two_objects", "counting"]}`. Default none.
 
     Raises:
         ValueError: no prompts, something other than `Prompt`s, a judge without `judge(images, prompts)`, neither a
-            judge nor metrics, a metric that is no `Scorer` or repeats a name, or counts below their minimum.
+            judge nor metrics, a metric that is no `Scorer` or repeats a name, counts below their minimum, or a
+            pool named like a category (or "all") or naming a category the prompts do not have.
     """
 
     name: str
@@ -84,6 +90,7 @@ class Suite:
     seed: int = 0
     min_image_size: int = 1
     metrics: Sequence[Scorer] = ()
+    pools: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -93,6 +100,7 @@ class Suite:
             if not isinstance(p, Prompt):
                 raise ValueError(f"`prompts` holds {p!r}; pass bench.Prompt objects, e.g. Prompt('a red circle').")
         self._check_scoring()
+        self._check_pools()
         object.__setattr__(self, "images_per_prompt", _count("images_per_prompt", self.images_per_prompt, 1))
         object.__setattr__(self, "seed", _count("seed", self.seed, 0))
         object.__setattr__(self, "min_image_size", _count("min_image_size", self.min_image_size, 1))
@@ -115,6 +123,18 @@ class Suite:
                 f"`judge` is a {type(self.judge).__name__}; pass a scorers.Judge (name, judge(images, prompts)), "
                 "e.g. scorers.FunctionJudge(name, fn), or None."
             )
+
+    def _check_pools(self) -> None:
+        object.__setattr__(self, "pools", {name: tuple(members) for name, members in dict(self.pools).items()})
+        categories = self.categories
+        for name, members in self.pools.items():
+            if name in (*categories, "all"):
+                raise ValueError(f"`pools` names {name!r}, a column already; give the pool another name.")
+            unknown = [c for c in members if c not in categories]
+            if not members or unknown:
+                raise ValueError(
+                    f"`pools[{name!r}]` is {list(members)}; pass one or more of the prompts' categories {categories}."
+                )
 
     @property
     def categories(self) -> list[str]:
@@ -153,4 +173,5 @@ class Suite:
             "min_image_size": self.min_image_size,
             "prompts": [[p.text, p.category, p.split, p.group] for p in self.prompts],
             **(metrics if self.metrics else {}),
+            **({"pools": {name: list(members) for name, members in self.pools.items()}} if self.pools else {}),
         }

@@ -23,26 +23,31 @@ def _cell(stats: dict | None) -> str:
 
 
 def _split_table(per_method: dict, suite: Suite) -> Table:
-    """Method x split rows (each split, then all prompts) of `acc [lo, hi]` per category and over all categories."""
+    """Method x split rows (each split, then all prompts) of `acc [lo, hi]` per category, per pool and over all
+    categories."""
     body, categories = [], suite.categories
+    cells = lambda found: [  # noqa: E731
+        *[_cell(found["categories"].get(c)) for c in categories],
+        *[_cell(found.get("pools", {}).get(p)) for p in suite.pools],
+    ]
     for name, m in per_method.items():
         for split in suite.splits:
             found = m["splits"][split]
-            body.append([name, split, *[_cell(found["categories"].get(c)) for c in categories], _cell(found["all"])])
-        body.append([name, "all", *[_cell(m["categories"][c]) for c in categories], _cell(m["overall"])])
-    return Table("accuracy per split [95% CI over prompts]", ["method", "split", *categories, "all"], body)
+            body.append([name, split, *cells(found), _cell(found["all"])])
+        body.append([name, "all", *cells(m), _cell(m["overall"])])
+    columns = ["method", "split", *categories, *suite.pools, "all"]
+    return Table("accuracy per split [95% CI over prompts]", columns, body)
 
 
 def _difference_table(per_method: dict, suite: Suite, metric: str | None = None) -> Table:
-    """Each method's difference to the first, per category: the judge's accuracy, or `metric`'s mean."""
+    """Each method's difference to the first, per category and pool: the judge's accuracy, or `metric`'s mean."""
     base = next(iter(per_method))
     of = lambda m: m if metric is None else m["metrics"][metric]  # noqa: E731
     cell = lambda d: f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"  # noqa: E731
     rows = [
         [
             name,
-            *[cell(of(m)["difference_to_base"][c]) for c in suite.categories],
-            cell(of(m)["difference_to_base"]["all"]),
+            *[cell(of(m)["difference_to_base"][c]) for c in [*suite.categories, *suite.pools, "all"]],
         ]
         for name, m in per_method.items()
         if "difference_to_base" in of(m)
@@ -50,7 +55,7 @@ def _difference_table(per_method: dict, suite: Suite, metric: str | None = None)
     what = "accuracy" if metric is None else metric
     return Table(
         f"difference to {base}{'' if metric is None else f' in {metric}'} [95% CI, paired: same prompts and seeds]",
-        ["method", *suite.categories, "all"],
+        ["method", *suite.categories, *suite.pools, "all"],
         rows,
         note=f"{what} minus the {base} row's, image by image (same prompt, same seed); prompts resampled",
     )

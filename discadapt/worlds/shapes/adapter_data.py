@@ -4,7 +4,8 @@
 Item `i` of `ShapeWorldItems(n, split, seed)` is example `make_dataset(n, split, seed)[i]`:
 
     image         the rendered scene (PIL, `image_size` pixels)
-    caption       the true caption;  neg_captions: its hard negatives (`negatives.py`)
+    caption       the true caption;  neg_captions: its hard negatives (`negatives.py`), and with `phrase_negatives`
+                  each phrase of a two-object or spatial caption alone
     neg_images    for each hard negative, when one exists, the scene edited so that the negative becomes true and the
                   caption false: hard-negative images for the image side of ITM (see `edited_scene`)
     phrase/boxes  for referring captions: the caption and the referent's box (cx, cy, w, h) in [0, 1]
@@ -29,7 +30,7 @@ from torch.utils.data import Dataset
 
 from .captions import CATEGORIES
 from .dataset import Example, make_example
-from .negatives import Negative
+from .negatives import DROP_PHRASE, Negative, prompt_negatives
 from .palette import COLORS, SHAPES, SIZES, check_choice, side_pixels
 from .render import render
 from .scenes import MAX_OBJECTS, Obj, Scene
@@ -127,6 +128,11 @@ class ShapeWorldItems(Dataset):
         image_size (`int`, defaults to 32): image side in pixels (the world pipeline's).
         negative_images (`bool`, defaults to True): add the edited scenes as `neg_images`.
         held (`HeldOut`, *optional*): held-out combinations; `held_out()` by default.
+        phrase_negatives (`bool`, defaults to False): add each phrase of a two-object or spatial caption alone to
+            `neg_captions` ("a red circle" for "a red circle and a blue square"; `negatives.prompt_negatives`' kind
+            `drop_phrase`). They are true of the image but leave an object out: for stage 2's denoising contrast,
+            which then asks the caption to explain the image better than either phrase does (generation's most
+            common failure is a named object missing), not for ITM, which would call them mismatches.
 
     Attributes:
         categories (`tuple[str, ...]`): reported separately by `evaluate_adapter`.
@@ -142,6 +148,7 @@ class ShapeWorldItems(Dataset):
         image_size: int = 32,
         negative_images: bool = True,
         held: HeldOut | None = None,
+        phrase_negatives: bool = False,
     ):
         if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
             raise ValueError(f"`num_examples` is {num_examples!r}; pass an int >= 1.")
@@ -153,7 +160,7 @@ class ShapeWorldItems(Dataset):
             check_choice("category", category, CATEGORIES)
         self.num_examples, self.split, self.seed = num_examples, split, seed
         self.categories, self.image_size = categories, image_size
-        self.negative_images = negative_images
+        self.negative_images, self.phrase_negatives = negative_images, phrase_negatives
         self.held = held_out() if held is None else held
         self.fingerprint = {
             "world": "shapes",
@@ -165,6 +172,8 @@ class ShapeWorldItems(Dataset):
             "negative_images": negative_images,
             "held_pairs": sorted(map(list, self.held.pairs)),
         }
+        if phrase_negatives:  # only when on, so that runs recorded before the option keep their fingerprint
+            self.fingerprint["phrase_negatives"] = True
 
     def __len__(self) -> int:
         return self.num_examples
@@ -185,6 +194,8 @@ class ShapeWorldItems(Dataset):
             "neg_captions": [n.caption.text for n in example.negatives],
             "category": example.caption.category,
         }
+        if self.phrase_negatives:
+            item["neg_captions"] += [n.caption.text for n in prompt_negatives(example.caption, kinds=[DROP_PHRASE])]
         if self.negative_images:
             rng = np.random.default_rng((self.seed, SPLITS.index(self.split), index, 1))
             scenes = [edited_scene(example, n, self.held, rng) for n in example.negatives]

@@ -32,6 +32,11 @@ def _load_pipeline():
 def _add_arguments(group) -> None:
     group.add_argument("--shapes", type=int, help="number of ShapeWorld train examples (ITM + REC)")
     group.add_argument("--shapes-size", type=int, default=32, help="ShapeWorld image size in pixels (default 32)")
+    group.add_argument(
+        "--shapes-phrase-negatives",
+        action="store_true",
+        help="add each phrase of a two-object or spatial caption alone to its negatives (for --contrast-weight)",
+    )
     group.add_argument("--eval-shapes", type=int, help="ShapeWorld test_id/test_ood examples evaluated at the end")
 
 
@@ -43,7 +48,10 @@ def _datasets(args, found: list) -> list:
         return []
     from .adapter_data import ShapeWorldItems
 
-    return [ShapeWorldItems(shapes, split="train", seed=args.seed, image_size=args.shapes_size)]
+    phrases = getattr(args, "shapes_phrase_negatives", False)
+    return [
+        ShapeWorldItems(shapes, split="train", seed=args.seed, image_size=args.shapes_size, phrase_negatives=phrases)
+    ]
 
 
 def _eval_datasets(args) -> dict:

@@ -10,7 +10,9 @@
 3. Judge (`OracleJudge`): the oracle's verdict (`oracle.check`) from the image alone: ok, the reason, and whether
    it is marginal. For evaluation only: it is exact on rendered scenes, not a training signal.
 
-`shapes_suite(...)` assembles them into a `bench.Suite`; the plug-in registers it as "shapes" (`plugin.py`), and
+`shapes_suite(...)` assembles them into a `bench.Suite`, with the pool "multi-object" (`MULTI_OBJECT`: every
+category but single objects, the mean that issue 12's targets are set on) as a column of its tables where the
+prompts hold those categories and single objects too; the plug-in registers it as "shapes" (`plugin.py`), and
 `discadapt demo` runs it (`demo.py`).
 
 Example:
@@ -40,6 +42,7 @@ from .splits import SPLITS
 __all__ = [
     "HELD_OUT",
     "MIN_IMAGE_SIZE",
+    "MULTI_OBJECT",
     "DemoPrompt",
     "OracleJudge",
     "check_categories",
@@ -51,6 +54,7 @@ __all__ = [
 
 HELD_OUT = ("test_id", "test_ood")
 MIN_IMAGE_SIZE = 32  # the oracle's smallest tested image side
+MULTI_OBJECT = ("two_objects", "counting", "spatial", "referring")  # the categories of more than one object or phrase
 _PATIENCE = 200  # draws without a new caption before a split counts as exhausted
 
 
@@ -199,7 +203,10 @@ def shapes_suite(
             then unused). Default None.
 
     Returns:
-        bench.Suite: named "shapes", judged by `OracleJudge`, refusing images smaller than 32 pixels.
+        bench.Suite: named "shapes", judged by `OracleJudge`, refusing images smaller than 32 pixels; with the pool
+        "multi-object" where its prompts hold every category of `MULTI_OBJECT` and another one.
     """
     chosen = user_prompts(prompts) if prompts is not None else demo_prompts(categories, n_prompts, seed, image_size)
-    return Suite("shapes", chosen, OracleJudge(), images_per_prompt, seed, min_image_size=MIN_IMAGE_SIZE)
+    found = {p.category for p in chosen}
+    pools = {"multi-object": MULTI_OBJECT} if found > set(MULTI_OBJECT) else {}
+    return Suite("shapes", chosen, OracleJudge(), images_per_prompt, seed, min_image_size=MIN_IMAGE_SIZE, pools=pools)

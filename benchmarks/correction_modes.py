@@ -6,7 +6,8 @@ corrected, the latent is not) against ours (`"plain"`: the latent moves; `"reuse
    oracle's accuracy per multi-object category. The best scale of each mode is chosen here, on the multi-object mean.
    `--start/--stop` move the window (hypothesis 1: the adapter was trained on t < 500, the second half of the
    schedule, while the demo corrects the first 60%); `--adapter DIR` corrects with another adapter (hypothesis 2: a
-   longer-trained one from `probe_curve.py`); `--tuned` corrects the bundled tuned pipeline (stage-2 LoRA fused)
+   longer-trained one from `probe_curve.py`); `--every 2` corrects every second step of the window (half the extra
+   cost); `--tuned` corrects the bundled tuned pipeline (stage-2 LoRA fused)
    with its `tuned_adapter`, beside it uncorrected (`uncorrected`), the base row still the untuned pipeline.
 2. With `--held-out`: the demo's held-out prompts (multi-object categories, 40 prompts x 5 images), base and each
    mode at its chosen scale, paired differences to base with 95% intervals, time per image.
@@ -34,15 +35,17 @@ from discadapt.worlds.shapes.bundle import load_pipeline  # noqa: E402
 from discadapt.worlds.shapes.rows import CORRECTION, GUIDANCE, bundled_adapter, bundled_tuned  # noqa: E402
 
 
-def methods(pipe, adapter, settings: dict[str, tuple[str, float]], window: tuple[float, float], base=None) -> dict:
+def methods(
+    pipe, adapter, settings: dict[str, tuple[str, float]], window: tuple[float, float], base=None, every: int = 1
+) -> dict:
     """base, then `name -> (mode, scale)` as self-correcting pipelines sharing `pipe`'s weights, correcting in
-    `window` (fractions of the schedule). With `base` (another pipeline), it is the base row and `pipe` the
-    `uncorrected` row."""
+    `window` (fractions of the schedule), every `every`-th step of it. With `base` (another pipeline), it is the
+    base row and `pipe` the `uncorrected` row."""
     out = {"base": pipeline_method(pipe if base is None else base, STEPS, GUIDANCE)}
     if base is not None:
         out["uncorrected"] = pipeline_method(pipe, STEPS, GUIDANCE)
     for name, (mode, scale) in settings.items():
-        correction = {**CORRECTION, "scale": scale, "mode": mode, "start": window[0], "stop": window[1]}
+        correction = {**CORRECTION, "scale": scale, "mode": mode, "start": window[0], "stop": window[1], "every": every}
         fixed = SelfCorrectingPipeline.from_pipe(pipe, adapter=adapter, correction=correction)
         out[name] = pipeline_method(fixed, STEPS, GUIDANCE)
     return out
@@ -55,6 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", nargs="+", default=["plain", "input"])
     parser.add_argument("--start", type=float, default=0.0, help="correction window start (fraction of the schedule)")
     parser.add_argument("--stop", type=float, default=CORRECTION["stop"], help="window stop (default the demo's 0.6)")
+    parser.add_argument("--every", type=int, default=1, help="correct every N-th step of the window (default 1)")
     parser.add_argument("--adapter", help="a saved adapter folder (default: the bundled stage-1 adapter)")
     parser.add_argument(
         "--tuned", action="store_true",
@@ -73,8 +77,9 @@ def main(argv=None) -> int:
     # 1. the sweep on train-split prompts
     suite = train_suite(args)
     grid = {f"{mode} {scale:g}": (mode, scale) for mode in args.modes for scale in args.scales}
+    window = (args.start, args.stop)
     train = run_suite(
-        suite, methods(pipe, adapter, grid, (args.start, args.stop), base), out / "train", batch_size=48, progress=False
+        suite, methods(pipe, adapter, grid, window, base, args.every), out / "train", batch_size=48, progress=False
     )
     scores = {name: multi_mean(found) for name, found in train["methods"].items()}
     chosen = {}
@@ -83,6 +88,7 @@ def main(argv=None) -> int:
         chosen[f"{mode} (chosen: {grid[best][1]:g})"] = grid[best]
     summary = {
         "window": [args.start, args.stop],
+        "every": args.every,
         "train_multi_mean": scores,
         "chosen": {k: list(v) for k, v in chosen.items()},
     }
@@ -91,7 +97,7 @@ def main(argv=None) -> int:
     if args.held_out:
         held = held_out_suite(args)
         found = run_suite(
-            held, methods(pipe, adapter, chosen, (args.start, args.stop), base), out / "held-out", progress=False
+            held, methods(pipe, adapter, chosen, window, base, args.every), out / "held-out", progress=False
         )
         summary["held_out"] = {
             name: {"multi_mean": multi_mean(m), "difference_to_base": m.get("difference_to_base", {}).get("all"),

@@ -85,6 +85,7 @@ def generate(args) -> int:
             start=args.correction_start,
             stop=args.correction_stop,
             normalize=args.correction_normalize,
+            every=args.correction_every,
         )
         pipe = SelfCorrectingPipeline.from_pipe(pipe, adapter=adapter, correction=correction)
     # 3. the images, resumably: a folder of other settings is refused (`generate_to_folder`)
@@ -128,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--correction-start", type=float, default=0.0, help="window start, fraction of the schedule")
     g.add_argument("--correction-stop", type=float, default=1.0, help="window stop, fraction of the schedule")
     g.add_argument("--correction-normalize", choices=["none", "unit", "clip"], default="none")
+    g.add_argument(
+        "--correction-every", type=int_at_least(1), default=1, help="correct every N-th step of the window (default 1)"
+    )
     g.add_argument("--steps", type=int_at_least(1), default=30, help="denoising steps")
     g.add_argument(
         "--guidance", type=number_at_least(0), default=7.5, help="classifier-free guidance scale (<= 1: off)"

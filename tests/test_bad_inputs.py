@@ -521,6 +521,10 @@ CLI = {
         [*GEN, "--prompts", "{prompts}", "--out", "{tmp}/o", "--adapter", "{folders}/adapter", "--correction-scale",
          "1", "--correction-stop", "2"], 2, r"--correction-stop 2.0; pass 0 <= start <= stop <= 1\.$",
     ),
+    "generate --correction-every 0": (
+        [*GEN, "--prompts", "{prompts}", "--out", "{tmp}/o", "--correction-every", "0"], 2,
+        r"argument --correction-every: 0 is below 1",
+    ),
     "generate --prompts not UTF-8": (
         [*GEN, "--prompts", "{tmp}/latin1.txt", "--out", "{tmp}/o"], 2,
         r"`path` '.*latin1.txt' is not UTF-8 text \(.*\); save the prompt file as UTF-8",

@@ -28,8 +28,9 @@ def test_negative_guidance_sweeps_kinds_and_holds_out_the_best(tmp_path):
 
 def test_correction_modes_on_the_tuned_model(tmp_path):
     out = tmp_path / "cm"
-    args = ["--out", str(out), "--tuned", "--modes", "reuse", "--scales", "0.5", "--stop", "0.3"]
+    args = ["--out", str(out), "--tuned", "--modes", "reuse", "--scales", "0.5", "--stop", "0.3", "--every", "2"]
     assert correction_modes.main([*args, *SMALL]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["window"] == [0.0, 0.3] and summary["every"] == 2
     assert list(summary["train_multi_mean"]) == ["base", "uncorrected", "reuse 0.5"]
     assert list(summary["held_out"]) == ["base", "uncorrected", "reuse (chosen: 0.5)"]

@@ -29,3 +29,12 @@ def test_the_curve_in_slices_equals_one_run_and_extends(tmp_path, capsys):
     for point in points:
         assert point["samples"] == 2 * point["step"]
         assert all(0 <= point[c] <= 1 for c in ("single", "two_objects", "counting", "spatial", "referring"))
+
+
+def test_tuned_probes_the_tuned_model(tmp_path):
+    """`--tuned` trains on the bundled tuned pipeline's features: the same seeds give another adapter."""
+    probe_curve.main(["--out", str(tmp_path / "base"), "--at", "2", *SMALL])
+    probe_curve.main(["--out", str(tmp_path / "tuned"), "--tuned", "--at", "2", *SMALL])
+    base, tuned = _weights(tmp_path / "base" / "adapter-2"), _weights(tmp_path / "tuned" / "adapter-2")
+    assert base.keys() == tuned.keys() and any(not (base[k] == tuned[k]).all() for k in base)
+    assert json.loads((tmp_path / "tuned" / "curve.json").read_text())["settings"]["tuned"] is True

@@ -175,7 +175,8 @@ def test_cli_generate(pipe, adapter, tmp_path, capsys):
     assert "2 images for 2 prompts" in capsys.readouterr().out
     off = ["--adapter", str(tmp_path / "adapter"), "--correction-scale", "0"]
     assert main([*common, *off, "--out", str(tmp_path / "off")]) == 0
-    on = ["--adapter", str(tmp_path / "adapter"), "--correction-scale", "2", "--correction-mode", "reuse"]
+    on = ["--adapter", str(tmp_path / "adapter"), "--correction-scale", "2", "--correction-mode", "reuse",
+          "--correction-every", "2"]  # fmt: skip
     assert main([*common, *on, "--out", str(tmp_path / "on")]) == 0
     assert main([*common, "--lora", str(tmp_path / "lora"), "--out", str(tmp_path / "lora_out")]) == 0
     plain, off_images = _images(tmp_path / "plain"), _images(tmp_path / "off")

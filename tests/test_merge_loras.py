@@ -73,3 +73,27 @@ def test_world_bundle_soup(tmp_path, capsys):
         torch.testing.assert_close(got[k], p, atol=1e-6, rtol=1e-5)
     assert main(["world", "bundle", "--probe", str(run), "--soup", str(more), "--dest", str(dest)]) == 2
     assert "`--soup` applies to --tune RUN" in capsys.readouterr().err
+
+
+def test_world_bundle_tuned_adapter(tmp_path, capsys):
+    """`--tuned-adapter DIR` bundles an adapter for the tuned model, alone or instead of --tune RUN's."""
+    from discadapt import DiscriminativeAdapter
+    from discadapt.cli import main
+    from discadapt.worlds.shapes.bundle import load_adapter, load_pipeline
+
+    world = load_pipeline()
+    run, refit = tmp_path / "run", tmp_path / "refit"
+    random_lora(world, run / "lora", seed=0)
+    for folder, size in ((run / "adapter", 32), (refit, 16)):
+        torch.manual_seed(0)
+        DiscriminativeAdapter.for_pipeline(world, layers=["mid_block"], hidden_size=size, num_heads=4).save_pretrained(
+            folder
+        )
+    dest = tmp_path / "weights"
+    assert main(["world", "bundle", "--tuned-adapter", str(refit), "--dest", str(dest)]) == 0
+    assert not (dest / "lora").exists() and load_adapter(root=dest, name="tuned_adapter").config.hidden_size == 16
+    assert main(["world", "bundle", "--tune", str(run), "--tuned-adapter", str(refit), "--dest", str(dest / "b")]) == 0
+    assert (dest / "b" / "lora").is_dir()
+    assert load_adapter(root=dest / "b", name="tuned_adapter").config.hidden_size == 16
+    assert main(["world", "bundle", "--tuned-adapter", str(tmp_path / "nowhere"), "--dest", str(dest)]) == 2
+    assert "`--tuned-adapter` is " in capsys.readouterr().err

@@ -163,6 +163,22 @@ def test_reuse_mode_records_only_corrected_steps(pipe, adapter):
     assert not pipe.unet._forward_hooks and not pipe.unet._forward_pre_hooks
 
 
+def test_every_other_step_of_the_window(pipe, adapter):
+    """`every=2` corrects the window's first step, then every second one; reuse mode records only their passes."""
+    pipe.scheduler.set_timesteps(10)
+    fix = SelfCorrection(adapter, PROMPTS, scale=1.0, start=0.3, stop=0.9, every=2, mode="reuse")
+    corrected = [i + 1 for i in range(10) if fix.step_size(pipe, i) > 0]  # k = i + 1
+    assert corrected == [3, 5, 7]
+    recording = []
+    for i in range(10):
+        fix._track(pipe, i)
+        recording.append(fix.recorder is not None)
+    assert [i + 1 for i, r in enumerate(recording) if r] == [2, 4, 6]  # the passes of steps 2, 4, 6 (k - 1)
+    assert not pipe.unet._forward_hooks and not pipe.unet._forward_pre_hooks
+    every_step = SelfCorrection(adapter, PROMPTS, every=1, stop=0.5)
+    assert [every_step.step_size(pipe, i) > 0 for i in range(5)] == [True] * 4 + [False]
+
+
 def test_recorder_keeps_the_graph_only_up_to_the_probed_block():
     from discadapt.sampling.recorder import UNetPassRecorder
 
@@ -278,6 +294,9 @@ def test_bad_inputs(pipe, adapter):
         SelfCorrection(adapter, PROMPTS, normalize="l1")
     with pytest.raises(ValueError, match="`iterations` is 0"):
         SelfCorrection(adapter, PROMPTS, iterations=0)
+    for every in (0, 1.5, True):
+        with pytest.raises(ValueError, match="`every` is .*; pass an integer >= 1"):
+            SelfCorrection(adapter, PROMPTS, every=every)
     with pytest.raises(ValueError, match="`mode` is 'fast'"):
         SelfCorrection(adapter, PROMPTS, mode="fast")
     with pytest.raises(ValueError, match="mode='reuse' .* needs a DiscriminativeAdapter and iterations=1"):
@@ -313,7 +332,7 @@ def test_settings_are_the_callbacks_config(adapter):
     config = {k: v for k, v in fix.config.items() if not k.startswith("_")}
     assert config == dict(
         scale=0.5, start=0.0, stop=0.6, schedule="constant", normalize="unit", max_grad_norm=1.0, iterations=1,
-        mode="reuse", cutoff_step_ratio=1.0, cutoff_step_index=None,
+        mode="reuse", every=1, cutoff_step_ratio=1.0, cutoff_step_index=None,
     )  # fmt: skip
 
 

@@ -54,7 +54,7 @@ def test_adapter_bundle_round_trip(world, tmp_path):
         load_adapter(root=tmp_path)
     bundle_adapter(tmp_path / "saved", tmp_path / "weights" / "tuned_adapter")
     assert bundled_adapter(root=tmp_path / "weights", name="tuned_adapter") is not None
-    with pytest.raises(BundleError, match="tuned_adapter/manifest.json is missing.*discadapt tune --world"):
+    with pytest.raises(BundleError, match="tuned_adapter/manifest.json is missing.*probe_curve.py --tuned"):
         load_adapter(root=tmp_path, name="tuned_adapter")
 
 
@@ -146,7 +146,7 @@ def test_lora_bundle_tuned_rows_and_demo_rows(world_root, world, tmp_path):
         "tuned: denoising error (10 t)",
         "tuned: adapter ITM (t=250)",
     ]  # no world CLIP bundled in this root
-    assert [row[0] for row in discrimination.rows] == ["stage 1, base model", "stage 2, tuned model"]
+    assert [row[0] for row in discrimination.rows] == ["stage 1, base model", "tuned_adapter, tuned model"]
     # no bundles but the world: no rows, and no adapter table
     shutil.rmtree(root / "lora"), shutil.rmtree(root / "adapter")
     methods, tables = demo_rows(base, steps=2, quick=True, root=root)

@@ -7,7 +7,8 @@ A diffusers `PipelineCallback`: after the sampler has produced the latent z for 
 where s is a differentiable image-text score of the latent for the prompt y: a `scorers.LatentScorer`, by default the
 adapter's ITM logit (`scorers.AdapterScorer`: UNet conditioned on y, the early-exit probe, so the backward pass only
 crosses the blocks up to the probed one), eta_k = `scale` * `schedule`(f), inside the
-window `start` <= f < `stop`, optionally with g normalised or clipped per image, `iterations` times per step.
+window `start` <= f < `stop` (every `every`-th step of it), optionally with g normalised or clipped per image,
+`iterations` times per step.
 
 Three modes:
 - `"plain"`: an extra early-exit forward and its backward per corrected step, at the new latent. The latent is fed
@@ -77,6 +78,8 @@ class SelfCorrection(PipelineCallback):
             against its own prompt (`num_images_per_prompt` consecutive latents per prompt, as diffusers orders them).
         scale (`float`, defaults to 1.0): eta, the step size. 0 leaves the sampling untouched.
         start (`float`, defaults to 0.0), stop (`float`, defaults to 1.0): the window, as fractions of the schedule.
+        every (`int`, defaults to 1): correct every `every`-th step of the window, from its first (2 halves the
+            extra cost of a window; a larger `scale` makes up for the steps left out).
         schedule (`str` or callable, defaults to `"constant"`): eta multiplier over the schedule, one of `SCHEDULES`
             or a function of the fraction f.
         normalize (`str`, defaults to `"none"`): `"none"`, `"unit"` (each image's gradient scaled to L2 norm 1, so
@@ -101,6 +104,7 @@ class SelfCorrection(PipelineCallback):
         max_grad_norm: float = 1.0,
         iterations: int = 1,
         mode: str = "plain",
+        every: int = 1,
     ):
         super().__init__(cutoff_step_ratio=1.0)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
@@ -114,6 +118,8 @@ class SelfCorrection(PipelineCallback):
             raise ValueError(f"`normalize` is {normalize!r}; pass 'none', 'unit' or 'clip'.")
         if not max_grad_norm > 0:
             raise ValueError(f"`max_grad_norm` is {max_grad_norm}; pass a positive value.")
+        if isinstance(every, bool) or int(every) != every or every < 1:
+            raise ValueError(f"`every` is {every!r}; pass an integer >= 1 (1 corrects every step of the window).")
         if int(iterations) != iterations or iterations < 1:
             raise ValueError(f"`iterations` is {iterations}; pass an integer >= 1.")
         if mode not in MODES:
@@ -135,7 +141,7 @@ class SelfCorrection(PipelineCallback):
             raise ValueError("`prompt` is empty; pass the prompts given to the pipeline.")
         self.register_to_config(
             scale=scale, start=start, stop=stop, schedule=schedule if isinstance(schedule, str) else "custom",
-            normalize=normalize, max_grad_norm=max_grad_norm, iterations=int(iterations), mode=mode,
+            normalize=normalize, max_grad_norm=max_grad_norm, iterations=int(iterations), mode=mode, every=int(every),
         )  # fmt: skip
         self.adapter = scorer if isinstance(scorer, DiscriminativeAdapter) else None
         self.scorer = None if self.adapter is not None else scorer  # an adapter's scorer is built for the pipeline
@@ -143,7 +149,7 @@ class SelfCorrection(PipelineCallback):
         self.scale, self.start, self.stop = scale, start, stop
         self.schedule = SCHEDULES[schedule] if isinstance(schedule, str) else schedule
         self.normalize, self.max_grad_norm, self.iterations = normalize, max_grad_norm, int(iterations)
-        self.mode = mode
+        self.mode, self.every = mode, int(every)
         self.recorder: UNetPassRecorder | None = None
         self._input_hook = None  # input mode: the one-shot pre-hook correcting the next UNet call
         self._text: tuple[int, int, TextEmbeddings] | None = None  # (id of pipe, batch, text)
@@ -241,6 +247,9 @@ class SelfCorrection(PipelineCallback):
         k = step_index + 1  # the latent is for timesteps[k]
         fraction = k / len(timesteps)
         if self.scale == 0 or k >= len(timesteps) or not (self.start <= fraction < self.stop):
+            return 0.0
+        first = next(j for j in range(1, k + 1) if self.start <= j / len(timesteps))  # the window's first k
+        if (k - first) % self.every:
             return 0.0
         return self.scale * float(self.schedule(fraction))
 

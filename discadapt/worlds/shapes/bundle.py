@@ -62,7 +62,10 @@ REBUILD = {
     "clip": _REBUILD,
     "adapter": "discadapt probe --world --out RUN && discadapt world bundle --probe RUN",
     "lora": "discadapt tune --world --out RUN && discadapt world bundle --tune RUN",
-    "tuned_adapter": "discadapt tune --world --out RUN && discadapt world bundle --tune RUN",
+    "tuned_adapter": (
+        "python benchmarks/probe_curve.py --tuned --out RUN --at 1500 && discadapt world bundle --tuned-adapter "
+        "RUN/adapter-1500"
+    ),
     "interaction": "python benchmarks/augment_shapes.py --out RUN ... && discadapt world bundle --augment RUN",
 }
 _LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA weight name

@@ -9,6 +9,7 @@ discadapt world bundle RUN                              bundle a finished RUN's 
 discadapt world bundle --probe RUN                      bundle the adapter of a `discadapt probe --world` run
 discadapt world bundle --tune RUN                       bundle the LoRA and adapter of a `discadapt tune --world` run
 discadapt world bundle --tune RUN --soup LORA [...]     the same, the LoRA the mean of its and more runs' updates
+discadapt world bundle --tuned-adapter DIR              bundle an adapter for the tuned model (e.g. probed on it)
 discadapt world bundle --augment RUN [--rounds K]       bundle the enhancement LoRAs of an interaction loop run
 """
 
@@ -102,8 +103,16 @@ def _bundle(args) -> int:
 
     from .bundle import bundle_adapter, bundle_clip, bundle_interaction, bundle_lora, bundle_world
 
-    if not (args.run or args.probe or args.tune or args.augment):
-        raise ValueError("`discadapt world bundle` needs a world RUN folder, --probe RUN, --tune RUN or --augment RUN.")
+    if not (args.run or args.probe or args.tune or args.augment or args.tuned_adapter):
+        raise ValueError(
+            "`discadapt world bundle` needs a world RUN folder, --probe RUN, --tune RUN, --tuned-adapter DIR or "
+            "--augment RUN."
+        )
+    if args.tuned_adapter and not (Path(args.tuned_adapter) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"`--tuned-adapter` is {args.tuned_adapter!r}, which holds no saved adapter (config.json); pass a folder "
+            "written by `DiscriminativeAdapter.save_pretrained` (e.g. `probe_curve.py --tuned`'s adapter-K)."
+        )
     if args.rounds is not None and not args.augment:
         raise ValueError("`--rounds` applies to --augment RUN; pass that too, or drop --rounds.")
     if args.soup and not args.tune:
@@ -120,7 +129,10 @@ def _bundle(args) -> int:
         jobs.append(("adapter", Path(args.probe) / "adapter", bundle_adapter))
     if args.tune:
         jobs.append(("lora", Path(args.tune) / "lora", partial(bundle_lora, soup=soup)))
-        jobs.append(("tuned_adapter", Path(args.tune) / "adapter", partial(bundle_adapter, name="tuned_adapter")))
+        adapter = Path(args.tuned_adapter or Path(args.tune) / "adapter")
+        jobs.append(("tuned_adapter", adapter, partial(bundle_adapter, name="tuned_adapter")))
+    elif args.tuned_adapter:
+        jobs.append(("tuned_adapter", Path(args.tuned_adapter), partial(bundle_adapter, name="tuned_adapter")))
     if args.augment:
         jobs.append(("interaction", Path(args.augment), partial(bundle_interaction, rounds=args.rounds)))
     for name, source, bundle in jobs:
@@ -158,6 +170,11 @@ def add_commands(subparsers) -> None:
         "--soup", nargs="+", metavar="LORA",
         help="with --tune: more stage-2 LoRAs (tune run or LoRA folders); the bundled LoRA is the mean of their "
         "updates and --tune's (the adapter stays --tune's)",
+    )  # fmt: skip
+    bundle.add_argument(
+        "--tuned-adapter", metavar="DIR",
+        help="an adapter folder bundled as the tuned model's adapter (with --tune: instead of that run's), e.g. one "
+        "probed on the bundled tuned model (`benchmarks/probe_curve.py --tuned`)",
     )  # fmt: skip
     bundle.add_argument("--augment", help="a finished interaction loop folder (its enhancement LoRAs, fused in order)")
     bundle.add_argument("--rounds", type=int_at_least(1), default=None, help="with --augment: bundle rounds 1..K")

@@ -26,6 +26,7 @@ __all__ = [
     "ADAPTER_ITEMS",
     "ADAPTER_T",
     "CORRECTION",
+    "TUNED_CORRECTION",
     "PROBING_EXAMPLES",
     "SCORE_BATCH",
     "bundled_adapter",
@@ -41,6 +42,8 @@ PROBING_EXAMPLES = {"full": 100, "quick": 10}  # examples per category and held-
 ADAPTER_ITEMS = {"full": 250, "quick": 25}  # items per held-out split of the adapter table
 ADAPTER_T = 250  # timestep at which the adapter scores rendered scenes (its evaluation timestep)
 CORRECTION = {"scale": 0.5, "stop": 0.6, "normalize": "unit"}  # self-correction settings of the demo rows
+# on the tuned model (chosen on train-split prompts, issue 12): every second step of the window, twice the step
+TUNED_CORRECTION = {**CORRECTION, "scale": 1.0, "every": 2}
 SCORE_BATCH = 256  # pairs per UNet call of the probing scorers
 
 
@@ -115,10 +118,10 @@ def correction_methods(pipe, adapter, steps: int, guidance: float = GUIDANCE, pr
 
 def tuned_methods(tuned, adapter=None, steps: int = 25, guidance: float = GUIDANCE) -> dict:
     """Demo rows of the tuned pipeline `tuned` (LoRA fused): `tuned`, and with an adapter also
-    `tuned + self-correction (plain)` and `(reuse)`."""
+    `tuned + self-correction (plain)` and `(reuse)` (`TUNED_CORRECTION`)."""
     rows = {"tuned": pipeline_method(tuned, steps, guidance)}
     if adapter is not None:
-        rows.update(correction_methods(tuned, adapter, steps, guidance, prefix="tuned + "))
+        rows.update(correction_methods(tuned, adapter, steps, guidance, prefix="tuned + ", **TUNED_CORRECTION))
     return rows
 
 
@@ -143,7 +146,7 @@ def demo_rows(pipe, steps: int, guidance: float = GUIDANCE, quick: bool = False,
         tables.append(probing_table(quick, root, adapter, tuned))
         adapters = {"stage 1, base model": (pipe, adapter)} if adapter is not None else {}
         if tuned is not None and tuned[1] is not None:
-            adapters["stage 2, tuned model"] = tuned
+            adapters["tuned_adapter, tuned model"] = tuned
         if adapters:
             n = ADAPTER_ITEMS["quick" if quick else "full"]
             tables.append(lambda _: adapter_table(adapters, n=n, t=ADAPTER_T))

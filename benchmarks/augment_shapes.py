@@ -12,6 +12,10 @@
 
     python benchmarks/augment_shapes.py --critic clip --out runs/augment-clip --rounds 3 [--demo]
 
+`--tuned-corrected`: the loop runs on the bundled tuned model generating with its self-correction (`tuned_adapter`,
+`rows.TUNED_CORRECTION`), so each round distils the corrected images the critic picks into an enhancement LoRA of
+the tuned model (compare it uncorrected with `tuned_variants.py`: the soup's members plus `round-01/lora`).
+
 Resumable: run the same command again after an interruption. Writes OUT/summary.json.
 """
 
@@ -72,6 +76,15 @@ def make_critic(name: str, pipe):
     return EnsembleCritic([critic_from_name("world CLIP"), adapter], method="rank")
 
 
+def tuned_corrected():
+    """The bundled tuned pipeline (stage-2 LoRA fused) wrapped with its self-correction, as the demo's tuned rows."""
+    from discadapt.sampling import SelfCorrectingPipeline
+    from discadapt.worlds.shapes.rows import TUNED_CORRECTION, bundled_tuned
+
+    tuned, adapter = bundled_tuned()
+    return SelfCorrectingPipeline.from_pipe(tuned, adapter=adapter, correction={**TUNED_CORRECTION, "mode": "reuse"})
+
+
 def oracle_table(out: Path, rounds: list[dict], category_of: dict[str, str]) -> dict:
     """Oracle accuracy per category of each model's held-aside images (model 0: base)."""
     table = {}
@@ -109,6 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--dpo-beta", type=float, default=2000.0)
     p.add_argument("--holdout-images", type=int, default=4, help="images per held-aside prompt and model")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--tuned-corrected", action="store_true", help="generate with the tuned model and its correction")
     p.add_argument("--demo", action="store_true", help="also run the demo's held-out prompts, one row per round")
     p.add_argument("--quick-demo", action="store_true", help="the demo's small settings (a smoke test)")
     args = p.parse_args(argv)
@@ -119,7 +133,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     # 1. prompts; 2. the loop
     category_of = train_prompts(args.prompts_per_category)
-    pipe = load_pipeline()
+    pipe = load_pipeline() if not args.tuned_corrected else tuned_corrected()
     enhance = EnhanceConfig(
         steps=args.lora_steps, batch_size=args.batch_size, lr=args.lr, lora_rank=args.lora_rank,
         lora_alpha=float(args.lora_rank), objective=args.objective, dpo_beta=args.dpo_beta,

@@ -129,10 +129,9 @@ def _bundle(args) -> int:
         jobs.append(("adapter", Path(args.probe) / "adapter", bundle_adapter))
     if args.tune:
         jobs.append(("lora", Path(args.tune) / "lora", partial(bundle_lora, soup=soup)))
-        adapter = Path(args.tuned_adapter or Path(args.tune) / "adapter")
+    if args.tune or args.tuned_adapter:
+        adapter = Path(args.tuned_adapter) if args.tuned_adapter else Path(args.tune) / "adapter"
         jobs.append(("tuned_adapter", adapter, partial(bundle_adapter, name="tuned_adapter")))
-    elif args.tuned_adapter:
-        jobs.append(("tuned_adapter", Path(args.tuned_adapter), partial(bundle_adapter, name="tuned_adapter")))
     if args.augment:
         jobs.append(("interaction", Path(args.augment), partial(bundle_interaction, rounds=args.rounds)))
     for name, source, bundle in jobs:

@@ -9,7 +9,8 @@ devices before any work, and one clean error line instead of a traceback.
 - `run_command(args, name)`: calls `args.func(args)` after checking `args.out` / `args.dest` and `args.device`; any
   exception becomes one line `discadapt <name>: error: <what is wrong; the fix>` on stderr and exit code 2 (bad
   input: ValueError, OSError) or 1 (anything else), warnings one line each; with `args.debug` (`discadapt --debug
-  ...`) exceptions and warnings are shown in full.
+  ...`) exceptions and warnings are shown in full. A process group that `accelerate launch` opened ends with the
+  command, so that no process aborts on its way out.
 
 Example:
     >>> parser = Parser(prog="discadapt")
@@ -145,3 +146,13 @@ def run_command(args: argparse.Namespace, name: str) -> int:
                 raise
             print(f"discadapt {name}: error: {_one_line(err)}", file=sys.stderr)
             return 2 if isinstance(err, (ValueError, OSError)) else 1
+        finally:
+            _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Destroy the default process group, if this command's process opened one (`accelerate launch`): left to the
+    interpreter's exit, gloo's threads may be torn down still running, and the process aborts (SIGABRT)."""
+    distributed = sys.modules.get("torch.distributed")  # not imported: no group to end
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()

@@ -570,3 +570,27 @@ def test_two_process_cpu_run(tmp_path):
     evaluation = json.loads((out / "eval.json").read_text())
     assert evaluation["test_id"]["all"]["n_itm_text"] == 6  # both processes' shares, summed
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002"]
+
+
+@pytest.mark.parametrize("outcome", ["returns", "raises"])
+def test_command_ends_its_process_group(tmp_path, outcome):
+    # what keeps a launched process from aborting on its way out (gloo's threads torn down at the interpreter's exit)
+    import argparse
+
+    import torch.distributed as dist
+
+    from discadapt.arguments import run_command
+
+    def func(args):
+        assert dist.is_initialized()
+        if outcome == "raises":
+            raise ValueError("bad")
+        return 0
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert run_command(argparse.Namespace(func=func), "probe") == (0 if outcome == "returns" else 2)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

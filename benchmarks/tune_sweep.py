@@ -51,6 +51,9 @@ LANES = {
     "c-k7": "--num-neg-captions 7",  # more hard negatives per caption
     "c-tau02": "--contrast-temperature 0.02",  # sharper contrast
     "c-dp": "--shapes-phrase-negatives",  # each phrase alone among the negatives: the missing-object failure
+    # rank 48 (the bundled mean of 6's rank) in one run, alpha 8 sqrt(6) (rsLoRA's scaling: an update as large as rank
+    # 8's): is the mean's gain its rank or its averaging?
+    **{f"c-r48-s{seed}": f"--lora-rank 48 --lora-alpha 19.6 --seed {seed}" for seed in range(3)},
 }
 
 

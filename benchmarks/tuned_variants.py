@@ -70,12 +70,14 @@ def variant_name(spec: str) -> str:
 
 def tuned_pipeline(spec: str):
     """The world pipeline with the LoRAs of variant `spec` fused into its UNet (see `parts`; a finished tune run
-    stands for its `lora/`); `bundled`: the bundled stage-2 LoRA (the demo's tuned row)."""
-    if str(spec) == "bundled":
-        pipe = bundled_tuned()[0]
+    stands for its `lora/`); `bundled`: the bundled stage-2 LoRA (the demo's tuned row), `bundled+A...`: with more
+    LoRAs fused on top (e.g. an enhancement of the tuned model)."""
+    first, _, more = str(spec).partition("+")
+    if first == "bundled":
+        pipe, loras = bundled_tuned()[0], parts(more) if more else []
     else:
-        loras = parts(spec)
-        pipe = load_pipeline()
+        pipe, loras = load_pipeline(), parts(spec)
+    if loras:
         fuse_enhancements(pipe, [lora_folder(run) for run, _ in loras], scales=[scale for _, scale in loras])
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -50,6 +50,16 @@ def test_bundled_names_the_bundled_stage_2_fused():
     assert any(not torch.equal(a, b) for a, b in zip(pipe.unet.parameters(), base.unet.parameters()))
 
 
+def test_bundled_plus_a_lora_fuses_it_on_the_bundled_stage_2(tmp_path):
+    bundled = tuned_variants.tuned_pipeline("bundled")
+    extra = random_lora(bundled, tmp_path / "extra" / "lora")
+    more = tuned_variants.tuned_pipeline(f"bundled+{tmp_path / 'extra'}")
+    none = tuned_variants.tuned_pipeline(f"bundled+{tmp_path / 'extra'}@0")
+    assert tuned_variants.variant_name(f"bundled+{extra}") == "bundled+extra/lora"
+    assert any(not torch.equal(a, b) for a, b in zip(more.unet.parameters(), bundled.unet.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(none.unet.parameters(), bundled.unet.parameters()))
+
+
 def test_a_sweep_keeps_each_marks_lora_and_tuned_variants_compares_them(tmp_path):
     """tune_sweep.py: each lane trained in slices, the LoRA of every mark kept and equal to a run of that many steps;
     tuned_variants.py takes those LoRA folders, each named by lane and mark."""

@@ -101,6 +101,9 @@ def test_enhancement_trains_saves_and_fuses(tmp_path):
     torch.testing.assert_close(_unet_output(fresh), _unet_output(pipe))
     with pytest.raises(FileNotFoundError, match="No LoRA at"):
         fuse_enhancements(fresh, [tmp_path])
+    # the finished run is found again with the same settings (their tuples were saved as JSON lists)
+    again = train_enhancement(tiny_sd_pipeline(), images, prompts, tmp_path / "run", config, progress=False)
+    assert again["done"] and again["step"] == 3
 
 
 def test_diffusion_dpo_loss_is_log_2_at_the_reference_and_falls_when_the_preferred_image_is_denoised_better():

@@ -4,7 +4,9 @@ regenerates from their suggestions, keeps the images they prefer and fuses what 
 - `critics/`: scorers that can also suggest a regeneration (a refined prompt, regions);
 - `dataset.py`: what a round keeps on disk (`RoundData`), `select` (the kept images), `rejected_for` (DPO pairs);
 - `enhance.py`: the enhancement LoRA (denoising or Diffusion-DPO objective), `fuse_enhancements` and `merge_loras`;
-- `loop.py`: `augment`, the resumable rounds with their stop test.
+- `loop.py`: `augment`, the resumable rounds with their stop test;
+- `distil.py`: a sampling-time correction (e.g. self-correction) recorded step by step (`record_trajectories`) and
+  learnt by an enhancement LoRA (`distil_correction`), so that the fused model takes the corrected steps itself.
 
 Example:
     >>> from discadapt.interaction import AugmentConfig, augment, critic_from_name, fuse_enhancements
@@ -28,6 +30,7 @@ from .critics import (
     plan_layout,
 )
 from .dataset import Candidate, RoundData, rejected_for, select
+from .distil import Trajectories, distil_correction, record_trajectories
 from .enhance import EnhanceConfig, fuse_enhancements, load_enhancement, merge_loras, train_enhancement
 from .loop import AugmentConfig, augment
 
@@ -36,10 +39,13 @@ __all__ = [
     "Candidate",
     "EnhanceConfig",
     "RoundData",
+    "Trajectories",
     "augment",
+    "distil_correction",
     "fuse_enhancements",
     "merge_loras",
     "load_enhancement",
+    "record_trajectories",
     "rejected_for",
     "select",
     "train_enhancement",

@@ -292,7 +292,7 @@ class RunDir:
                 "`out_dir`."
             )
         old = _flatten({k: saved.get(k) for k in ("objective", "config", "run")})
-        new = _flatten({k: record.get(k) for k in ("objective", "config", "run")})
+        new = _flatten(json.loads(json.dumps({k: record.get(k) for k in ("objective", "config", "run")})))  # as saved
         free = {f"config.{name}" for name in resumable}
         differing = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
         if differing:

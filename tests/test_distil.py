@@ -110,3 +110,18 @@ def test_the_lora_learns_the_shift_and_trajectories_round_trip(tmp_path):
     assert _error(pipe, loaded) < 0.6 * _error(pipe, loaded, lora=False)
     with pytest.raises(FileNotFoundError, match="holds no trajectories.safetensors"):
         Trajectories.load(tmp_path)
+
+
+def test_an_sdxl_pipeline_with_ddim_records_and_distils(tmp_path):
+    from diffusers import DDIMScheduler
+
+    from discadapt.testing import tiny_sdxl_pipeline
+
+    pipe = tiny_sdxl_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, prediction_type="epsilon")
+    data = record_trajectories(pipe, PROMPTS, lambda batch: Nudge(at=1), num_inference_steps=3, guidance_scale=3.0,
+                               progress=False)  # fmt: skip
+    assert len(data) == 3 * len(PROMPTS) and (data.shift[2:4] != 0).all() and (data.shift[:2] == 0).all()
+    config = EnhanceConfig(steps=2, batch_size=2, lora_rank=2, lora_alpha=2.0)
+    assert distil_correction(pipe, data, tmp_path / "run", config, progress=False)["done"]

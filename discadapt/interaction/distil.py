@@ -231,15 +231,7 @@ class DistilObjective(EnhanceObjective):
         self.pipe, self.config, self.data = pipe, config, trajectories
         self.unique = ["", *trajectories.prompts]  # row 0: the unconditional prompt
         self.rejected = None
-        from ..train.engine import LoopSettings
-
-        self.settings = LoopSettings(
-            steps=config.steps,
-            seed=config.seed,
-            lr_warmup_steps=config.warmup_steps,
-            checkpoint_every=config.checkpoint_every,
-            samples_per_step=config.batch_size,
-        )
+        self.settings = config.loop_settings()
 
     def record(self) -> dict:
         digest = hashlib.sha256()

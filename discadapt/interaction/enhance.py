@@ -94,6 +94,11 @@ class EnhanceConfig:
     objective: str = "denoising"
     dpo_beta: float = 2000.0
 
+    def loop_settings(self) -> LoopSettings:
+        """How the training engine runs a LoRA of these settings."""
+        return LoopSettings(steps=self.steps, seed=self.seed, lr_warmup_steps=self.warmup_steps,
+                            checkpoint_every=self.checkpoint_every, samples_per_step=self.batch_size)  # fmt: skip
+
     def __post_init__(self):
         for name in ("steps", "batch_size", "lora_rank", "checkpoint_every"):
             value = getattr(self, name)
@@ -164,13 +169,7 @@ class EnhanceObjective(Objective):
         self.prompts = list(prompts)
         self.unique = sorted(set(self.prompts))
         self.prompt_ids = torch.tensor([self.unique.index(p) for p in self.prompts])
-        self.settings = LoopSettings(
-            steps=config.steps,
-            seed=config.seed,
-            lr_warmup_steps=config.warmup_steps,
-            checkpoint_every=config.checkpoint_every,
-            samples_per_step=config.batch_size,
-        )
+        self.settings = config.loop_settings()
 
     def record(self) -> dict:
         digest = hashlib.sha256(self.latents.numpy().tobytes())

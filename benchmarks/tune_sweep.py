@@ -44,7 +44,8 @@ LANES = {
     "c-s0": "",  # the bundled recipe
     # seed spread, and the members of a mean of runs (`world bundle --soup`): c-s1 ... c-s15
     **{f"c-s{seed}": f"--seed {seed}" for seed in range(1, 16)},
-    "d-s1": "--contrast-weight 0 --seed 1",  # control: denoising alone
+    # control: denoising alone (more seeds: members of a mean of control runs, against the mean of the recipe's)
+    **{f"d-s{seed}": f"--contrast-weight 0 --seed {seed}" for seed in range(1, 6)},
     "c-hi": "--denoise-timestep-range 500 1000",  # only the noisier half, where the layout is decided
     # more seeds of it, members of a mean of noisier-half runs (its 1,000-step point did as well as the bundled run)
     **{f"c-hi-s{seed}": f"--denoise-timestep-range 500 1000 --seed {seed}" for seed in range(1, 6)},

@@ -125,3 +125,10 @@ def test_an_sdxl_pipeline_with_ddim_records_and_distils(tmp_path):
     assert len(data) == 3 * len(PROMPTS) and (data.shift[2:4] != 0).all() and (data.shift[:2] == 0).all()
     config = EnhanceConfig(steps=2, batch_size=2, lora_rank=2, lora_alpha=2.0)
     assert distil_correction(pipe, data, tmp_path / "run", config, progress=False)["done"]
+
+
+def test_another_scheduler_is_refused_before_any_step():
+    pipe = tiny_sd_pipeline()
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(ValueError, match="distilling a correction needs DDIMScheduler"):
+        record_trajectories(pipe, PROMPTS, None, progress=False)

@@ -97,8 +97,7 @@ class Trajectories:
         return cls(**tensors, prompts=meta["prompts"], guidance_scale=meta["guidance_scale"])
 
 
-def ddim_noise_coefficient(scheduler, timestep: int) -> float:
-    """b in DDIM's step z_prev = a z_t + b eps (eta 0): how the next latent moves with the noise prediction."""
+def _check_ddim(scheduler) -> None:
     from diffusers import DDIMScheduler
 
     if not isinstance(scheduler, DDIMScheduler) or scheduler.config.prediction_type != "epsilon":
@@ -110,6 +109,12 @@ def ddim_noise_coefficient(scheduler, timestep: int) -> float:
     if scheduler.config.clip_sample or scheduler.config.thresholding:
         raise ValueError("The DDIM scheduler clips or thresholds x_0, so its step is not linear in the prediction; "
                          "pass one with clip_sample=False and thresholding=False.")  # fmt: skip
+
+
+def ddim_noise_coefficient(scheduler, timestep: int) -> float:
+    """b in DDIM's step z_prev = a z_t + b eps (eta 0): how the next latent moves with the noise prediction, for a
+    scheduler whose timesteps are set (`set_timesteps`)."""
+    _check_ddim(scheduler)
     abar = scheduler.alphas_cumprod
     prev = int(timestep) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     abar_t = abar[int(timestep)].double()
@@ -188,6 +193,7 @@ def record_trajectories(
         raise ValueError("`prompts` and `seeds` must not be empty.")
     if not guidance_scale > 1:
         raise ValueError(f"`guidance_scale` is {guidance_scale}; recording needs classifier-free guidance (> 1).")
+    _check_ddim(pipe.scheduler)
     jobs = [(seed, i) for seed in seeds for i in range(len(prompts))]
     parts: list[dict] = []
     for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="corrected trajectories"):

@@ -229,14 +229,12 @@ class DistilObjective(EnhanceObjective):
     """
 
     name = "distil"
-    outputs = ("lora",)
 
     def __init__(self, pipe, trajectories: Trajectories, config: EnhanceConfig):
         if not len(trajectories):
             raise ValueError("`trajectories` is empty; record some with record_trajectories.")
         self.pipe, self.config, self.data = pipe, config, trajectories
-        self.unique = ["", *trajectories.prompts]  # row 0: the unconditional prompt
-        self.rejected = None
+        self.unique = ["", *trajectories.prompts]  # row 0: the unconditional prompt (encoded by `setup`)
         self.settings = config.loop_settings()
 
     def record(self) -> dict:

@@ -132,3 +132,12 @@ def test_another_scheduler_is_refused_before_any_step():
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     with pytest.raises(ValueError, match="distilling a correction needs DDIMScheduler"):
         record_trajectories(pipe, PROMPTS, None, progress=False)
+
+
+def test_empty_inputs_are_refused():
+    pipe = tiny_sd_pipeline()
+    with pytest.raises(ValueError, match="`prompts` and `seeds` must not be empty"):
+        record_trajectories(pipe, [], None, progress=False)
+    empty = Trajectories(*(torch.zeros(0) for _ in range(6)), prompts=[], guidance_scale=3.0)
+    with pytest.raises(ValueError, match="`trajectories` is empty; record some with record_trajectories"):
+        distil_correction(pipe, empty, "unused", EnhanceConfig(steps=1))

@@ -57,6 +57,12 @@ LANES = {
     # rank 48 (the bundled mean of 6's rank) in one run, alpha 8 sqrt(6) (rsLoRA's scaling: an update as large as rank
     # 8's): is the mean's gain its rank or its averaging?
     **{f"c-r48-s{seed}": f"--lora-rank 48 --lora-alpha 19.6 --seed {seed}" for seed in range(3)},
+    # min-SNR weighting (gamma 5) of the denoising loss: the cleaner timesteps, whose training made the sharpest
+    # discriminator and the worst generator (lane c-lo), weigh less; seeds 1-3 pair with c-s1..3 and d-s1..3
+    **{f"c-snr5-s{seed}": f"--snr-gamma 5 --seed {seed}" for seed in range(1, 7)},
+    # a moving average of the LoRA inside each run (decay 0.998, the world pipeline's own EMA): does it do what the
+    # mean of runs does? Seeds 1-3 pair with c-s1..3 (the same training; only the saved LoRA is the average)
+    **{f"c-ema-s{seed}": f"--lora-ema-decay 0.998 --seed {seed}" for seed in range(1, 7)},
 }
 
 

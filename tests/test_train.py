@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from discadapt import DiscriminativeAdapter, itm_score
 from discadapt.probe import FeatureProbe
@@ -26,6 +27,7 @@ from discadapt.train import (
 from discadapt.train import commands as train_commands
 from discadapt.train import objective as objective_module
 from discadapt.train.data import BatchBuilder
+from discadapt.train.tune import TuneObjective
 from discadapt.worlds.shapes.adapter_data import ShapeWorldItems
 
 SMALL = {"hidden_size": 32, "num_heads": 2, "decoder_layers": 1, "num_itm_queries": 2, "num_rec_queries": 3}
@@ -317,10 +319,48 @@ def test_denoise_timestep_range_narrows_only_the_denoising_pairs():
         train_tune(pipe, items, "unused", tune_config(denoise_timestep_range=(0, 2000)), progress=False)
 
 
+def lora_weights(pipe) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(name, p) for name, p in pipe.unet.named_parameters() if p.requires_grad]
+
+
+def test_tune_saves_the_moving_average_of_the_lora_and_keeps_the_last_weights(tmp_path, monkeypatch):
+    steps, decay = [], 0.8
+    after_step = TuneObjective.after_step
+
+    def recording(self, step):
+        steps.append({name: p.detach().clone() for name, p in self._lora()})
+        after_step(self, step)
+
+    monkeypatch.setattr(TuneObjective, "after_step", recording)
+    pipe = tiny_sd_pipeline()
+    config = tune_config(steps=5, lora_ema_decay=decay)
+    result = train_tune(pipe, ShapeWorldItems(8, seed=1), tmp_path / "run", config, progress=False)
+    last = {name: p.detach().clone() for name, p in lora_weights(pipe)}
+    assert all(torch.equal(last[name], steps[-1][name]) for name in last)  # the pipe keeps the last weights
+    average = dict(steps[0])  # diffusers' warm-up: decay min(d, (1 + n) / (10 + n)) at the n-th update, 0 at the first
+    for n, weights in enumerate(steps[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))
+        average = {name: d * average[name] + (1 - d) * weights[name] for name in average}
+
+    def images(p):
+        out = p(["a red circle"], num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt")
+        return out.images
+
+    with torch.no_grad():
+        for name, p in lora_weights(pipe):
+            p.copy_(average[name])
+    saved = tiny_sd_pipeline()
+    saved.load_lora_weights(result["lora"])
+    torch.testing.assert_close(images(saved), images(pipe), rtol=0, atol=1e-5)  # summation order only
+    assert any(not torch.allclose(average[name], last[name], atol=1e-4) for name in last)  # an average, not the last
+    with pytest.raises(ValueError, match=r"`lora_ema_decay` is 1; pass a decay in \(0, 1\)"):
+        TuneConfig(lora_ema_decay=1)
+
+
 @pytest.mark.parametrize("how", ["stop_after", "crash"])
 def test_tune_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch, how):
     items = ShapeWorldItems(8, seed=2)
-    config = tune_config(steps=4, checkpoint_every=2, snr_gamma=5.0)
+    config = tune_config(steps=4, checkpoint_every=2, snr_gamma=5.0, lora_ema_decay=0.9)
     straight_pipe = tiny_sd_pipeline()
     straight = train_tune(straight_pipe, items, tmp_path / "straight", config, progress=False)
     if how == "stop_after":
@@ -333,6 +373,8 @@ def test_tune_resume_reaches_the_weights_of_an_uninterrupted_run(tmp_path, monke
     resumed_pipe = tiny_sd_pipeline()
     resumed = train_tune(resumed_pipe, items, tmp_path / "cut", config, resume=True, progress=False)
     assert_same_state(state(straight_pipe.unet), state(resumed_pipe.unet))
+    saved = [load_file(Path(run["lora"], "pytorch_lora_weights.safetensors")) for run in (straight, resumed)]
+    assert_same_state(*saved)  # the LoRA's moving average was checkpointed too
     a = DiscriminativeAdapter.from_pretrained(straight["adapter"])
     b = DiscriminativeAdapter.from_pretrained(resumed["adapter"])
     assert_same_state(state(a), state(b))

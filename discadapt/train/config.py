@@ -260,6 +260,11 @@ class TuneConfig(TrainConfig):
         "means the scheduler's whole range (`timestep_range` draws the adapter's).",
         None,
     )
+    lora_ema_decay: float | None = _help(
+        "Decay of an exponential moving average of the LoRA weights (diffusers' `EMAModel`, its decay warmed up from "
+        "0); `lora/` then holds the average. None: off, `lora/` holds the last weights.",
+        None,
+    )
 
     def __post_init__(self):
         if not _is_int(self.lora_rank) or self.lora_rank < 1:
@@ -291,6 +296,10 @@ class TuneConfig(TrainConfig):
                 f"`contrast_temperature` is {self.contrast_temperature!r}; pass a number > 0 (0.05: a 5% error ratio)."
             )
         self.denoise_timestep_range = _checked_range("denoise_timestep_range", self.denoise_timestep_range)
+        if self.lora_ema_decay is not None and (not _is_number(self.lora_ema_decay) or not 0 < self.lora_ema_decay < 1):
+            raise ValueError(
+                f"`lora_ema_decay` is {self.lora_ema_decay!r}; pass a decay in (0, 1) (0.998: ~500 steps), or None."
+            )
         super().__post_init__()
 
     def _check_losses(self) -> None:

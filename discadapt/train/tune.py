@@ -8,7 +8,8 @@ reload): a fresh pipeline reproduces the tuned one with `pipe.load_lora_weights(
 
 `TuneObjective` is stage 1's `ProbeObjective` (`probe.py`) with the LoRA added before the frozen weights are cast,
 its own parameter group (`lora_lr`), gradients through the UNet, the denoising loss, and `lora/` among the outputs;
-the training engine (`engine.run_training`) runs it.
+the training engine (`engine.run_training`) runs it. With `lora_ema_decay`, diffusers' `EMAModel` averages the LoRA
+weights after every step (its state checkpointed with the run) and `lora/` holds the average.
 
 Example:
     >>> from discadapt.train import TuneConfig, train_tune
@@ -33,6 +34,7 @@ from .probe import ProbeObjective
 __all__ = ["LORA_WEIGHTS", "TuneObjective", "add_lora", "save_lora", "train_tune"]
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+_EMA = "lora_ema."  # checkpoint keys of the LoRA's moving average
 
 
 def add_lora(unet, config: TuneConfig, seed: int = 0) -> None:
@@ -100,18 +102,55 @@ class TuneObjective(ProbeObjective):
     config_class = TuneConfig
     train_unet = True
 
+    ema = None  # diffusers' EMAModel of the LoRA weights, with `config.lora_ema_decay`
+
     def prepare_unet(self, unet) -> None:
         add_lora(unet, self.config, seed=self.config.seed + 1)
         if self.config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
 
+    def _lora(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(name, p) for name, p in get_unet(self.pipe).named_parameters() if p.requires_grad]
+
+    def setup(self, accelerator) -> DiscriminativeLoss:
+        module = super().setup(accelerator)
+        if self.config.lora_ema_decay is not None:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel([p for _, p in self._lora()], decay=self.config.lora_ema_decay)
+        return module
+
     def param_groups(self, module: DiscriminativeLoss) -> list[dict]:
         lora = [p for p in module.unet.parameters() if p.requires_grad]
         return super().param_groups(module) + [{"params": lora, "lr": self.config.lora_lr or self.config.lr}]
 
+    def after_step(self, step: int) -> None:
+        if self.ema is not None:
+            self.ema.step([p for _, p in self._lora()])
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        if self.ema is None:
+            return {}, {}
+        state = self.ema.state_dict()
+        shadow = state.pop("shadow_params")
+        return {_EMA + name: t for (name, _), t in zip(self._lora(), shadow)}, {"lora_ema": state}
+
+    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        if self.ema is not None:
+            shadow = [tensors[_EMA + name].to(p.device) for name, p in self._lora()]
+            self.ema.load_state_dict({**meta["lora_ema"], "shadow_params": shadow})
+
     def save_outputs(self, run, step: int) -> dict:
         outputs = super().save_outputs(run, step)
-        outputs["lora"] = str(run.write_output("lora", lambda folder: save_lora(self.pipe, folder), {"step": step}))
+        lora = [p for _, p in self._lora()]
+        if self.ema is not None:  # save the average, then put the last weights back
+            self.ema.store(lora)
+            self.ema.copy_to(lora)
+        try:
+            outputs["lora"] = str(run.write_output("lora", lambda folder: save_lora(self.pipe, folder), {"step": step}))
+        finally:
+            if self.ema is not None:
+                self.ema.restore(lora)
         return outputs
 
 

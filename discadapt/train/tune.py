@@ -121,7 +121,7 @@ class TuneObjective(ProbeObjective):
         return module
 
     def param_groups(self, module: DiscriminativeLoss) -> list[dict]:
-        lora = [p for p in module.unet.parameters() if p.requires_grad]
+        lora = [p for _, p in self._lora()]
         return super().param_groups(module) + [{"params": lora, "lr": self.config.lora_lr or self.config.lr}]
 
     def after_step(self, step: int) -> None:

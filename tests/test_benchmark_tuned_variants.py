@@ -130,3 +130,26 @@ def test_variants_merge_loras_at_scales(tmp_path):
     assert tuned_variants.variant_name(str(tmp_path / "a")) == "a"  # a run folder: its name
     with pytest.raises(ValueError, match="`scales` is \\[1.0\\] for 2 folders"):
         tuned_variants.fuse_enhancements(tuned_variants.load_pipeline(), [a, b], scales=[1.0])
+
+
+def test_lora_update_and_geometry_of_a_soup(tmp_path):
+    """`lora_update` is what fusing adds to the weights; a merged mean of two LoRAs is their updates' mean."""
+    import lora_geometry
+
+    from discadapt.interaction import lora_update, merge_loras
+
+    world = tuned_variants.load_pipeline()
+    a, b = random_lora(world, tmp_path / "a" / "lora", 0), random_lora(world, tmp_path / "b" / "lora", 1)
+    base = dict(world.unet.named_parameters())
+    fused = dict(tuned_variants.tuned_pipeline(str(a)).unet.named_parameters())
+    update = lora_update(a)
+    for module, delta in update.items():  # file key "unet.<module>" -> the module's weight
+        weight = module.removeprefix("unet.") + ".weight"
+        torch.testing.assert_close(fused[weight].detach() - base[weight], delta, atol=1e-6, rtol=1e-4)
+    mean = lora_update(merge_loras([a, b], tmp_path / "mean"))
+    for module, delta in lora_update(b).items():
+        torch.testing.assert_close(mean[module], (update[module] + delta) / 2, atol=1e-6, rtol=1e-4)
+    figures = lora_geometry.geometry([str(a), str(a), str(tmp_path / "mean")])
+    assert figures["cosines"][0][2] == pytest.approx(1.0, abs=1e-5)
+    assert lora_geometry.main([str(a), str(b), "--json", str(tmp_path / "g.json")]) == 0
+    assert json.loads((tmp_path / "g.json").read_text())["norms"][str(a)] > 0

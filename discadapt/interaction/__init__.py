@@ -3,7 +3,8 @@ regenerates from their suggestions, keeps the images they prefer and fuses what 
 
 - `critics/`: scorers that can also suggest a regeneration (a refined prompt, regions);
 - `dataset.py`: what a round keeps on disk (`RoundData`), `select` (the kept images), `rejected_for` (DPO pairs);
-- `enhance.py`: the enhancement LoRA (denoising or Diffusion-DPO objective), `fuse_enhancements` and `merge_loras`;
+- `enhance.py`: the enhancement LoRA (denoising or Diffusion-DPO objective), `fuse_enhancements`, `merge_loras`,
+  `lora_update` (a LoRA's weight update per module);
 - `loop.py`: `augment`, the resumable rounds with their stop test;
 - `distil.py`: a sampling-time correction (e.g. self-correction) recorded step by step (`record_trajectories`) and
   learnt by an enhancement LoRA (`distil_correction`), so that the fused model takes the corrected steps itself.
@@ -31,7 +32,14 @@ from .critics import (
 )
 from .dataset import Candidate, RoundData, rejected_for, select
 from .distil import Trajectories, distil_correction, record_trajectories
-from .enhance import EnhanceConfig, fuse_enhancements, load_enhancement, merge_loras, train_enhancement
+from .enhance import (
+    EnhanceConfig,
+    fuse_enhancements,
+    load_enhancement,
+    lora_update,
+    merge_loras,
+    train_enhancement,
+)
 from .loop import AugmentConfig, augment
 
 __all__ = [
@@ -43,6 +51,7 @@ __all__ = [
     "augment",
     "distil_correction",
     "fuse_enhancements",
+    "lora_update",
     "merge_loras",
     "load_enhancement",
     "record_trajectories",

@@ -46,6 +46,7 @@ __all__ = [
     "EnhanceObjective",
     "fuse_enhancements",
     "load_enhancement",
+    "lora_update",
     "merge_loras",
     "train_enhancement",
 ]
@@ -399,6 +400,32 @@ def merge_loras(
     metadata = {**loras[0][0], "lora_adapter_metadata": json.dumps(config, indent=2)}
     save_file(merged, out / LORA_WEIGHTS, metadata=metadata)
     return out
+
+
+def lora_update(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The weight update (alpha / r) B A of each module of the LoRA saved in `folder` (diffusers' format), float32,
+    keyed by the module's name in the file (its down/A key without the suffix): what fusing it adds to the weights
+    of a linear layer.
+
+    Raises:
+        FileNotFoundError: a folder without `pytorch_lora_weights.safetensors`.
+        ValueError: no single rank and alpha in the LoRA's metadata.
+    """
+    from safetensors import safe_open
+
+    path = Path(folder) / LORA_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"No LoRA at {path}; pass the `lora` folder of a finished run.")
+    with safe_open(path, framework="pt") as f:
+        metadata, tensors = f.metadata() or {}, {k: f.get_tensor(k).float() for k in f.keys()}
+    rank, alpha = _rank_and_alpha(metadata, folder)
+    updates = {}
+    for key, down in tensors.items():
+        for down_suffix, up_suffix in ((".lora_A.weight", ".lora_B.weight"), (".lora.down.weight", ".lora.up.weight")):
+            if key.endswith(down_suffix):
+                module = key[: -len(down_suffix)]
+                updates[module] = (alpha / rank) * tensors[module + up_suffix].flatten(1) @ down.flatten(1)
+    return updates
 
 
 def load_enhancement(pipe, folder: str | os.PathLike, name: str = "enhance") -> None:

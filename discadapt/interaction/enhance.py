@@ -344,6 +344,17 @@ def _rank_and_alpha(metadata: dict, folder) -> tuple[int, float]:
     return int(rank), float(alpha)
 
 
+def _read_lora(folder) -> tuple[dict, dict[str, torch.Tensor]]:
+    """`(metadata, tensors)` of the LoRA file in `folder` (diffusers' format), the tensors in float32."""
+    from safetensors import safe_open
+
+    path = Path(folder) / LORA_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"No LoRA at {path}; pass the `lora` folder of a finished run.")
+    with safe_open(path, framework="pt") as f:
+        return f.metadata() or {}, {k: f.get_tensor(k).float() for k in f.keys()}
+
+
 def merge_loras(
     folders: Sequence[str | os.PathLike], out_dir: str | os.PathLike, scales: Sequence[float] | None = None
 ) -> Path:
@@ -365,19 +376,12 @@ def merge_loras(
         ValueError: `scales` not one finite number per folder; LoRAs on different modules; no single rank and
             alpha in a LoRA's metadata.
     """
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
     if not folders:
         raise ValueError("`folders` is empty; pass the LoRA folders to merge.")
     scales = _checked_scales(scales, len(folders), default=1.0 / len(folders))
-    loras = []
-    for folder in folders:
-        path = Path(folder) / LORA_WEIGHTS
-        if not path.is_file():
-            raise FileNotFoundError(f"No LoRA at {path}; pass the `lora` folder of a finished run.")
-        with safe_open(path, framework="pt") as f:
-            loras.append((f.metadata() or {}, {k: f.get_tensor(k).float() for k in f.keys()}))
+    loras = [_read_lora(folder) for folder in folders]
     keys = sorted(loras[0][1])
     for folder, (_, tensors) in zip(folders, loras):
         if sorted(tensors) != keys:
@@ -411,13 +415,7 @@ def lora_update(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
         FileNotFoundError: a folder without `pytorch_lora_weights.safetensors`.
         ValueError: no single rank and alpha in the LoRA's metadata.
     """
-    from safetensors import safe_open
-
-    path = Path(folder) / LORA_WEIGHTS
-    if not path.is_file():
-        raise FileNotFoundError(f"No LoRA at {path}; pass the `lora` folder of a finished run.")
-    with safe_open(path, framework="pt") as f:
-        metadata, tensors = f.metadata() or {}, {k: f.get_tensor(k).float() for k in f.keys()}
+    metadata, tensors = _read_lora(folder)
     rank, alpha = _rank_and_alpha(metadata, folder)
     updates = {}
     for key, down in tensors.items():

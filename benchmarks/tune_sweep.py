@@ -63,6 +63,14 @@ LANES = {
     # a moving average of the LoRA inside each run (decay 0.998, the world pipeline's own EMA): does it do what the
     # mean of runs does? Seeds 1-3 pair with c-s1..3 (the same training; only the saved LoRA is the average)
     **{f"c-ema-s{seed}": f"--lora-ema-decay 0.998 --seed {seed}" for seed in range(1, 7)},
+    # caption dropout 0.1 (the base model's own training share): the unconditional branch, which classifier-free
+    # guidance extrapolates from (x3 at the demo's guidance 4), is trained to stay right instead of drifting with the
+    # conditional one. Seeds 1-3 pair with c-s1..3 (the same timesteps and noise; a tenth of the captions emptied)
+    **{f"c-cd-s{seed}": f"--caption-dropout 0.1 --seed {seed}" for seed in range(1, 7)},
+    # the denoising loss weighs 10 times more: the contrast raises the tuned model's denoising error on training
+    # scenes by about a third (conditional and unconditional alike) while the control's stays the base's, and the
+    # mean's update cannot be lengthened; does keeping the fit let the contrast's direction gain more?
+    **{f"c-dw10-s{seed}": f"--denoise-weight 10 --seed {seed}" for seed in range(1, 7)},
 }
 
 

@@ -153,3 +153,24 @@ def test_lora_update_and_geometry_of_a_soup(tmp_path):
     assert figures["cosines"][0][2] == pytest.approx(1.0, abs=1e-5)
     assert lora_geometry.main([str(a), str(b), "--json", str(tmp_path / "g.json")]) == 0
     assert json.loads((tmp_path / "g.json").read_text())["norms"][str(a)] > 0
+
+
+def test_denoising_fit_of_base_and_a_lora(tmp_path, capsys):
+    """`denoising_fit.fit` is minus DiffusionITM's score under the captions and under ""; `main` gives base's and
+    each variant's on the train-split scenes of its seed."""
+    import denoising_fit
+
+    from discadapt.scorers import DenoisingScorer
+    from discadapt.worlds.shapes.adapter_data import ShapeWorldItems
+
+    world = tuned_variants.load_pipeline()
+    items = ShapeWorldItems(3, split="train", seed=123, negative_images=False)
+    images, captions = [items[i]["image"] for i in range(3)], [items[i]["caption"] for i in range(3)]
+    figures = denoising_fit.fit(world, images, captions)
+    by_hand = -DenoisingScorer(world, 10).score(images, [""] * 3).mean().item()
+    assert figures["unconditional"] == pytest.approx(by_hand, rel=1e-5) and figures["conditional"] > 0
+    lora = random_lora(world, tmp_path / "a" / "lora", 0)
+    assert denoising_fit.main(["--runs", str(lora), "--scenes", "3", "--json", str(tmp_path / "f.json")]) == 0
+    rows = json.loads((tmp_path / "f.json").read_text())
+    assert list(rows) == ["base", "a/lora"] and rows["base"] == pytest.approx(figures, rel=1e-5)
+    assert rows["a/lora"] != rows["base"] and "(+0%)" in capsys.readouterr().out

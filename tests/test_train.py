@@ -319,6 +319,37 @@ def test_denoise_timestep_range_narrows_only_the_denoising_pairs():
         train_tune(pipe, items, "unused", tune_config(denoise_timestep_range=(0, 2000)), progress=False)
 
 
+def test_caption_dropout_empties_some_denoising_captions_and_keeps_them_out_of_the_contrast(tmp_path):
+    """`caption_dropout` replaces a denoising pair's caption by "" (drawn after its timestep and noise, which stay
+    those of a run without it); those pairs leave the denoising contrast, which is 0 when every caption is dropped
+    while the denoising loss still trains; the CLI passes it through, the run record holds it only when set, and a
+    bad value is refused by name."""
+    items, pipe = toy_items(), tiny_sd_pipeline()
+    samples = [(g, g % len(items)) for g in range(40)]
+
+    def build(p):
+        return BatchBuilder(items, pipe.tokenizer, (4, 16, 16), 32, 1000, 0, 2, 1, denoise=True, caption_dropout=p)
+
+    plain, dropped = build(0.0).build(samples), build(0.3).build(samples)
+    assert torch.equal(plain.denoise_timesteps, dropped.denoise_timesteps)
+    assert torch.equal(plain.denoise_noise, dropped.denoise_noise) and not plain.denoise_dropped.any()
+    texts = [dropped.texts[i] for i in dropped.denoise_texts.tolist()]
+    assert [t == "" for t in texts] == dropped.denoise_dropped.tolist() and 0 < sum(t == "" for t in texts) < 40
+    kept = ~dropped.denoise_dropped
+    assert [plain.texts[i] for i in plain.denoise_texts[kept].tolist()] == [t for t in texts if t]
+
+    config = tune_config(contrast_weight=1.0, caption_dropout=0.999999, num_neg_captions=1)
+    train_tune(pipe, items, tmp_path / "run", config, progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(line["loss_contrast"] == 0 and line["loss_denoise"] > 0 for line in logged)
+    args = _parse(["tune", "--tiny", "--shapes", "4", "--out", "x", "--caption-dropout", "0.1"])
+    assert train_commands._config(args, "tune").caption_dropout == 0.1
+    assert "caption_dropout" not in TuneConfig().to_dict()  # off, runs recorded before the option still resume
+    assert TuneConfig.from_dict(tune_config(caption_dropout=0.1).to_dict()).caption_dropout == 0.1
+    with pytest.raises(ValueError, match=r"`caption_dropout` is 1.0; pass a probability in \[0, 1\)"):
+        TuneConfig(caption_dropout=1.0)
+
+
 def lora_weights(pipe) -> list[tuple[str, torch.nn.Parameter]]:
     return [(name, p) for name, p in pipe.unet.named_parameters() if p.requires_grad]
 

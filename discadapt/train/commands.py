@@ -111,6 +111,7 @@ def _config(args, stage: str):
         contrast_weight=args.contrast_weight,
         contrast_temperature=args.contrast_temperature,
         denoise_timestep_range=tuple(args.denoise_timestep_range) if args.denoise_timestep_range else None,
+        caption_dropout=args.caption_dropout,
         lora_ema_decay=args.lora_ema_decay,
     )
 
@@ -241,6 +242,10 @@ def add_commands(subparsers) -> None:
     t.add_argument("--lora-lr", type=float, help="learning rate of the LoRA (default --lr)")
     t.add_argument("--denoise-weight", type=float, default=1.0, help="weight of the denoising loss (default 1)")
     t.add_argument("--snr-gamma", type=float, help="min-SNR gamma of the denoising loss (default: plain MSE)")
+    t.add_argument(
+        "--caption-dropout", type=float, default=0.0,
+        help="share of denoising pairs given the empty caption (CFG's unconditional branch), e.g. 0.1 (default 0)",
+    )  # fmt: skip
     t.add_argument(
         "--lora-ema-decay", type=float, help="keep an EMA of the LoRA weights and save it, e.g. 0.998 (default: off)"
     )

@@ -21,6 +21,7 @@ import inspect
 import json
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..adapter import DEFAULT_LAYERS, DiscriminativeAdapter
 from ..losses import RECLossConfig
@@ -207,9 +208,15 @@ class TrainConfig:
             )
 
     # serialisation -------------------------------------------------------------------------------------------
+    _RECORDED_WHEN_SET: ClassVar[tuple[str, ...]] = ()
+
     def to_dict(self) -> dict:
-        """JSON-ready dict of every field (the REC config nested), as `train_config.json` stores it."""
+        """JSON-ready dict of every field (the REC config nested), as `train_config.json` stores it; fields added
+        after runs were recorded (`_RECORDED_WHEN_SET`) only when they differ from their default, so that those
+        runs still resume."""
         data = dataclasses.asdict(self)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        data = {k: v for k, v in data.items() if not (k in self._RECORDED_WHEN_SET and v == defaults[k])}
         return json.loads(json.dumps(data))
 
     @classmethod
@@ -260,11 +267,19 @@ class TuneConfig(TrainConfig):
         "means the scheduler's whole range (`timestep_range` draws the adapter's).",
         None,
     )
+    caption_dropout: float = _help(
+        "Share of the denoising pairs whose caption is replaced by the empty one, so that the unconditional branch "
+        "classifier-free guidance extrapolates from is trained too, as text-to-image models are (0.1 is usual); "
+        "those pairs leave the denoising contrast. 0: off.",
+        0.0,
+    )
     lora_ema_decay: float | None = _help(
         "Decay of an exponential moving average of the LoRA weights (diffusers' `EMAModel`, its decay warmed up from "
         "0); `lora/` then holds the average. None: off, `lora/` holds the last weights.",
         None,
     )
+
+    _RECORDED_WHEN_SET: ClassVar[tuple[str, ...]] = ("caption_dropout",)
 
     def __post_init__(self):
         if not _is_int(self.lora_rank) or self.lora_rank < 1:
@@ -296,6 +311,10 @@ class TuneConfig(TrainConfig):
                 f"`contrast_temperature` is {self.contrast_temperature!r}; pass a number > 0 (0.05: a 5% error ratio)."
             )
         self.denoise_timestep_range = _checked_range("denoise_timestep_range", self.denoise_timestep_range)
+        if not _is_number(self.caption_dropout) or not 0 <= self.caption_dropout < 1:
+            raise ValueError(
+                f"`caption_dropout` is {self.caption_dropout!r}; pass a probability in [0, 1) (0.1 is usual)."
+            )
         if self.lora_ema_decay is not None and (not _is_number(self.lora_ema_decay) or not 0 < self.lora_ema_decay < 1):
             raise ValueError(
                 f"`lora_ema_decay` is {self.lora_ema_decay!r}; pass a decay in (0, 1) (0.998: ~500 steps), or None."

@@ -270,6 +270,8 @@ class Batch:
         denoise_images, denoise_texts (`torch.Tensor` of shape `(B_c,)`, long): positive (image, caption) pairs.
         denoise_timesteps (`torch.Tensor` of shape `(B_c,)`, long), denoise_noise (`(B_c, C, h, w)`): their own
             timesteps (uniform over the whole schedule unless `denoise_timestep_range` narrows it) and noise.
+        denoise_dropped (`torch.Tensor` of shape `(B_c,)`, bool): pairs whose text is the empty caption
+            (`caption_dropout`); `denoise_texts` names "" for them.
         categories (`list`): each sample's category or None. samples (`list[int]`): stream positions g.
     """
 
@@ -292,6 +294,7 @@ class Batch:
     denoise_texts: torch.Tensor
     denoise_timesteps: torch.Tensor
     denoise_noise: torch.Tensor
+    denoise_dropped: torch.Tensor
     categories: list
     samples: list
 
@@ -358,6 +361,8 @@ class BatchBuilder:
         denoise_timestep_range (`tuple[int, int]` or None): [low, high) of the denoising pairs' timesteps (default
             the whole schedule).
         denoise (`bool`): draw the denoising pairs' timesteps and noise.
+        caption_dropout (`float`): probability that a denoising pair's caption is replaced by "" (drawn after its
+            timestep and noise, so that the other draws do not depend on it).
     """
 
     def __init__(
@@ -377,6 +382,7 @@ class BatchBuilder:
         denoise_timestep_range: tuple[int, int] | None = None,
         denoise: bool = False,
         stream: int = 2,
+        caption_dropout: float = 0.0,
     ):
         self.dataset, self.tokenizer = dataset, tokenizer
         self.latent_shape, self.resolution = tuple(latent_shape), resolution
@@ -387,7 +393,7 @@ class BatchBuilder:
         whole = (0, num_train_timesteps)
         self.timestep_range = tuple(timestep_range) if timestep_range is not None else whole
         self.denoise_timestep_range = tuple(denoise_timestep_range) if denoise_timestep_range is not None else whole
-        self.denoise, self.stream = denoise, stream
+        self.denoise, self.stream, self.caption_dropout = denoise, stream, caption_dropout
         self.length = len(tokenizer("", padding="max_length", max_length=tokenizer.model_max_length).input_ids)
 
     # randomness of one sample ---------------------------------------------------------------------------------
@@ -475,13 +481,16 @@ class BatchBuilder:
         return t
 
     def _denoise_draws(self, samples: Sequence[tuple[int, int]], captioned: list[int]):
-        """Timesteps `(B_c,)`, uniform in `denoise_timestep_range`, and noise `(B_c, C, h, w)` of the denoising pairs,
-        from their own generators."""
+        """Timesteps `(B_c,)`, uniform in `denoise_timestep_range`, noise `(B_c, C, h, w)` and which captions are
+        dropped `(B_c,)`, of the denoising pairs, from their own generators (none drawn without `denoise`)."""
         if not (self.denoise and captioned):
-            return torch.zeros(0, dtype=torch.long), torch.zeros(0, *self.latent_shape)
+            kept = torch.zeros(len(captioned), dtype=torch.bool)
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, *self.latent_shape), kept
         rngs = [np.random.default_rng((self.seed, self.stream, samples[b][0], 1)) for b in captioned]
         timesteps = torch.tensor([int(r.integers(*self.denoise_timestep_range)) for r in rngs], dtype=torch.long)
-        return timesteps, torch.stack([self._noise(r) for r in rngs])
+        noise = torch.stack([self._noise(r) for r in rngs])
+        dropped = [bool(self.caption_dropout and r.random() < self.caption_dropout) for r in rngs]
+        return timesteps, noise, torch.tensor(dropped, dtype=torch.bool)
 
     def build(self, samples: Sequence[tuple[int, int]]) -> Batch:
         """The batch of `(g, dataset index)` samples."""
@@ -500,8 +509,8 @@ class BatchBuilder:
         if self.in_batch_negatives and len(captioned) >= 2:
             ids = [pairs.text(items[j][1]["caption"]) for j in captioned]
             batch_table = torch.tensor([[pairs.pair(i, k, i) for k in ids] for i in captioned], dtype=torch.long)
-        denoise_texts = [pairs.text(items[b][1]["caption"]) for b in captioned]
-        denoise_timesteps, denoise_noise = self._denoise_draws(samples, captioned)
+        denoise_timesteps, denoise_noise, dropped = self._denoise_draws(samples, captioned)
+        denoise_texts = [pairs.text("" if d else items[b][1]["caption"]) for b, d in zip(captioned, dropped.tolist())]
         return Batch(
             images=pairs.stacked_images(),
             texts=list(pairs.texts),
@@ -522,6 +531,7 @@ class BatchBuilder:
             denoise_texts=torch.tensor(denoise_texts, dtype=torch.long),
             denoise_timesteps=denoise_timesteps,
             denoise_noise=denoise_noise,
+            denoise_dropped=dropped,
             categories=[item["category"] for _, item in items],
             samples=[g for g, _ in samples],
         )

@@ -202,6 +202,10 @@ class DiscriminativeLoss(nn.Module):
         where[batch.denoise_images] = torch.arange(len(batch.denoise_images), device=errors.device)
         rows = where[batch.text_rows]  # (R,): each row's denoising pair
         negatives = batch.text_table[:, 1:]  # (R, k) pair indices, -1 pads
+        kept = ~batch.denoise_dropped[rows]  # a pair denoised under the empty caption has no caption to contrast
+        rows, negatives = rows[kept], negatives[kept]
+        if not len(rows):
+            return errors.sum() * 0.0
         row, col = (negatives >= 0).nonzero(as_tuple=True)
         d = rows[row]
         texts = batch.pairs[negatives[row, col], 1]

@@ -203,6 +203,7 @@ class ProbeObjective(Objective):
             timesteps=config.timesteps,
             timestep_range=config.timestep_range,
             denoise_timestep_range=getattr(config, "denoise_timestep_range", None),
+            caption_dropout=getattr(config, "caption_dropout", 0.0),
             denoise=self.train_unet and any(getattr(config, w, 0) > 0 for w in ("denoise_weight", "contrast_weight")),
         )
         micro = MicroBatches(

@@ -484,8 +484,8 @@ class BatchBuilder:
         """Timesteps `(B_c,)`, uniform in `denoise_timestep_range`, noise `(B_c, C, h, w)` and which captions are
         dropped `(B_c,)`, of the denoising pairs, from their own generators (none drawn without `denoise`)."""
         if not (self.denoise and captioned):
-            kept = torch.zeros(len(captioned), dtype=torch.bool)
-            return torch.zeros(0, dtype=torch.long), torch.zeros(0, *self.latent_shape), kept
+            none_dropped = torch.zeros(len(captioned), dtype=torch.bool)
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, *self.latent_shape), none_dropped
         rngs = [np.random.default_rng((self.seed, self.stream, samples[b][0], 1)) for b in captioned]
         timesteps = torch.tensor([int(r.integers(*self.denoise_timestep_range)) for r in rngs], dtype=torch.long)
         noise = torch.stack([self._noise(r) for r in rngs])

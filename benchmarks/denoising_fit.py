@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     set_threads(args.threads)
     items = ShapeWorldItems(args.scenes, split="train", seed=args.seed, negative_images=False)
-    images, captions = zip(*((item["image"], item["caption"]) for item in map(items.__getitem__, range(len(items)))))
-    rows = {"base": fit(load_pipeline(), list(images), list(captions))}
+    examples = [items[i] for i in range(len(items))]
+    images, captions = [e["image"] for e in examples], [e["caption"] for e in examples]
+    rows = {"base": fit(load_pipeline(), images, captions)}
     for spec in args.runs:
-        rows[variant_name(spec)] = fit(tuned_pipeline(spec), list(images), list(captions))
+        rows[variant_name(spec)] = fit(tuned_pipeline(spec), images, captions)
     print(f"{'variant':<60}{'conditional':>20}{'unconditional':>20}")
     for name, row in rows.items():
         cells = [f"{row[k]:.5f} ({row[k] / rows['base'][k] - 1:+.0%})" for k in ("conditional", "unconditional")]

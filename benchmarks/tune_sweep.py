@@ -38,6 +38,9 @@ BASE = (
     "--timestep-range 0 500 --num-neg-captions 3 --num-neg-images 1 --no-random-negatives --lora-rank 8 "
     "--itm-weight 0 --rec-weight 0 --contrast-weight 1 --eval-shapes 0 --no-progress"
 )
+# every linear layer of the UNet's transformer blocks (attention, their input and output projections, feed-forward);
+# the bundled recipe adapts the attention projections only
+BLOCK_TARGETS = "to_q to_k to_v to_out.0 proj_in proj_out ff.net.0.proj ff.net.2"
 # what each lane changes (later options override BASE's). The denoising loss and the contrast share their timesteps,
 # drawn from the whole schedule unless --denoise-timestep-range narrows them (--timestep-range is the adapter's).
 LANES = {
@@ -71,6 +74,11 @@ LANES = {
     # scenes by about a third (conditional and unconditional alike) while the control's stays the base's, and the
     # mean's update cannot be lengthened; does keeping the fit let the contrast's direction gain more?
     **{f"c-dw10-s{seed}": f"--denoise-weight 10 --seed {seed}" for seed in range(1, 7)},
+    # LoRA on the whole transformer blocks, not the attention projections alone (0.65M of the UNet's 4.2M weights;
+    # with the blocks' input and output projections and feed-forward layers 1.7M): does a LoRA with more of the model
+    # in reach learn the contrast at less cost in fit? (With the resnets' convolutions too, 3.7M, a step took 2.5 times
+    # as long: not run.) Seeds 1-3 pair with c-s1..3
+    **{f"c-ff-s{seed}": f"--lora-targets {BLOCK_TARGETS} --seed {seed}" for seed in range(1, 7)},
 }
 
 

@@ -145,6 +145,31 @@ def test_a_pool_is_one_more_column_of_its_categories_images(tmp_path, capsys):
     assert out.count(" multi ") >= 2  # a column of the accuracy and the difference tables
 
 
+def test_compare_pairs_two_methods_of_one_run_with_its_pools(tmp_path, capsys):
+    from discadapt.bench.compare import compare_runs
+    from discadapt.cli import main
+
+    suite = _suite(pools={"multi": ("counting", "spatial")})
+    results = run_suite(suite, {"base": _method(0), "odd": _method(1)}, tmp_path, batch_size=4, progress=False)
+    assert results["pools"] == {"multi": ["counting", "spatial"]}
+    path = tmp_path / "results.json"
+    (table,) = compare_runs(path, path, [("base", "odd")])
+    assert table.columns[-2:] == ["multi", "all"] and table.rows[0][:2] == ["odd - base", 10]
+    # the same differences the run computed against its first method, category by category, pool and all
+    found = results["methods"]["odd"]["difference_to_base"]
+    for column, cell in zip(table.columns[2:], table.rows[0][2:]):
+        d = found[column]
+        assert cell == f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+    capsys.readouterr()
+    assert main(["bench", "compare", str(path), str(path), "--pair", "base:odd", "--pair", "odd:odd"]) == 0
+    out = capsys.readouterr().out
+    assert "odd - base" in out and " multi " in out
+    assert main(["bench", "compare", str(path), str(path), "--pair", "base:nope"]) == 2
+    assert "has no method 'nope'; its methods are ['base', 'odd']" in capsys.readouterr().err
+    assert main(["bench", "compare", str(path), str(path), "--pair", "base"]) == 2
+    assert "`--pair` is 'base'; pass A_METHOD:B_METHOD" in capsys.readouterr().err
+
+
 def test_run_suite_resumes_after_a_failure_and_a_kill(tmp_path):
     suite = _suite()
     straight = run_suite(suite, {"base": _method(0), "odd": _method(1)}, tmp_path / "straight", batch_size=3,

@@ -180,10 +180,17 @@ def run(args) -> int:
 
 
 def compare(args) -> int:
-    """`discadapt bench compare A B`: for each method the runs share, the differences of B to A (`bench.compare`)."""
+    """`discadapt bench compare A B [--pair A_METHOD:B_METHOD]`: B's differences to A per method the runs share, or
+    per named pair (`bench.compare`)."""
     from .compare import compare_runs
 
-    for table in compare_runs(args.a, args.b):
+    pairs = None
+    if args.pair:
+        pairs = [tuple(pair.split(":", 1)) for pair in args.pair]
+        bad = [pair for pair, split in zip(args.pair, pairs) if len(split) != 2 or not all(split)]
+        if bad:
+            raise ValueError(f"`--pair` is {bad[0]!r}; pass A_METHOD:B_METHOD, e.g. --pair base:tuned.")
+    for table in compare_runs(args.a, args.b, pairs):
         print(table.format(), end="\n\n")
     return 0
 
@@ -221,5 +228,11 @@ def add_commands(subparsers) -> None:
     add_discriminate_command(commands)
     c = commands.add_parser("compare", help="paired differences between the methods of two runs' results.json")
     c.add_argument("a", help="the first run's results.json (the reference)")
-    c.add_argument("b", help="the second run's results.json")
+    c.add_argument("b", help="the second run's results.json (or A again, to compare two of its methods)")
+    c.add_argument(
+        "--pair",
+        action="append",
+        metavar="A_METHOD:B_METHOD",
+        help="a method of A and one of B to compare (repeatable; default each method both hold, with itself)",
+    )
     c.set_defaults(func=compare)

@@ -342,7 +342,7 @@ def run_suite(
     Returns:
         dict | None: the content of results.json (None in every process but the first of a sharded run):
         - "settings": `settings`, then seed, images_per_prompt, batch_size, suite, judge, ci, versions.
-        - "prompts": [{"text", "category", "split", "seeds"}], in order.
+        - "prompts": [{"text", "category", "split", "seeds"}, and "group" where the prompt has one], in order.
         - "methods": {name: {"seconds", "seconds_per_image", "time_ratio" (to the first method), "categories":
           {category: stats}, "splits": {split: {"all": stats, "categories": {category: stats}}}, "overall": stats,
           "marginal": {category or "all": fraction of marginal verdicts}, "images": [{"prompt", "image", "ok",
@@ -352,6 +352,7 @@ def run_suite(
           "n_images"}. Without a judge, none of the accuracy keys. With metrics: "metrics": {metric name: {"model",
           "categories", "splits", "overall" (stats with "mean" for "accuracy"), "difference_to_base"}}, and each
           image's "scores": {metric name: score}.
+        - "pools" (with `suite.pools`): {pool: [category, ...]}.
         - "tables": the further tables as {"title", "columns", "rows", "note"}.
         - "seconds": wall time since `started`.
 
@@ -400,9 +401,11 @@ def run_suite(
         "settings": settings,
         "prompts": [
             {"text": p.text, "category": p.category, "split": p.split, "seeds": seeds[i * n : (i + 1) * n]}
+            | ({} if p.group is None else {"group": p.group})
             for i, p in enumerate(suite.prompts)
         ],
         "methods": per_method,
+        **({"pools": {name: list(members) for name, members in suite.pools.items()}} if suite.pools else {}),
         "tables": [t.to_dict() for t in extra],
     }
     rows = report_rows(suite, per_method, images, verdicts, grid_images)

@@ -203,11 +203,22 @@ def test_probe_runs_on_sdxl_with_bf16_autocast(tmp_path):
 # ---- stage 2 -----------------------------------------------------------------------------------------------------
 
 
-def test_tune_changes_only_lora_and_adapter_and_the_lora_reloads_exactly(tmp_path):
+# the attention projections (the default), and with a feed-forward layer and the resnets' convolutions: diffusers
+# renames only the attention keys on saving and reads a file as one format, which once dropped the attention part
+@pytest.mark.parametrize("targets", [None, ("to_q", "to_k", "to_v", "to_out.0", "ff.net.2", "conv1")])
+def test_tune_changes_only_lora_and_adapter_and_the_lora_reloads_exactly(tmp_path, targets):
+    from safetensors import safe_open
+
     pipe = tiny_sd_pipeline()
     base = {name: state(getattr(pipe, name)) for name in ("unet", "vae", "text_encoder")}
-    result = train_tune(pipe, ShapeWorldItems(8, seed=1), tmp_path / "run", tune_config(), progress=False)
+    config = tune_config() if targets is None else tune_config(lora_targets=targets)
+    result = train_tune(pipe, ShapeWorldItems(8, seed=1), tmp_path / "run", config, progress=False)
     assert result["done"] and Path(result["lora"], "pytorch_lora_weights.safetensors").is_file()
+    with safe_open(Path(result["lora"], "pytorch_lora_weights.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert all(k.endswith((".lora.down.weight", ".lora.up.weight")) for k in keys)  # one format throughout
+    if targets is not None:
+        assert {k.split(".lora.")[0].split(".")[-1] for k in keys} == {"to_q", "to_k", "to_v", "0", "2", "conv1"}
     assert_same_state(base["vae"], state(pipe.vae))
     assert_same_state(base["text_encoder"], state(pipe.text_encoder))
     unet_now = state(pipe.unet)

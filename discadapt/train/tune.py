@@ -77,8 +77,12 @@ def save_lora(pipe, out_dir: str | os.PathLike) -> None:
     unet = get_unet(pipe)
     if not getattr(unet, "peft_config", None):
         raise ValueError("The pipeline's UNet has no LoRA to save; train one with train_tune first.")
+    # diffusers renames only the attention projections' lora_A / lora_B to lora.down / lora.up, and its loader reads
+    # a file as one format (by its first key): a LoRA on other layers too (feed-forward, convolutions) must be
+    # written in that format throughout, or the loader silently drops one of the two kinds of keys
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    layers = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in layers.items()}
+    uniform = lambda name: name.replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up.")  # noqa: E731
+    layers = {uniform(name): t.detach().to("cpu", torch.float32).contiguous() for name, t in layers.items()}
     type(pipe).save_lora_weights(
         out_dir,
         unet_lora_layers=layers,

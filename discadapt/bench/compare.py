@@ -71,8 +71,9 @@ def compare_runs(
             `[("bundled", "variant")]`; default every method both runs hold, each with itself.
 
     Returns:
-        list[Table]: per measure, rows `[method (or "B's - A's"), pairs, category differences..., pools..., all]`,
-        `+d [lo, hi]` each; pools (`Suite.pools`, e.g. the shapes suite's "multi-object") where A's results name them.
+        list[Table]: per measure, rows `[method (or "B_METHOD - A_METHOD"), pairs, category differences...,
+        pools..., all]`, `+d [lo, hi]` each; pools (`Suite.pools`, e.g. the shapes suite's "multi-object") where A's
+        results name them.
 
     Raises:
         ValueError: a file that is no run's results.json, a pair naming a method its run lacks, no method or measure

@@ -152,6 +152,17 @@ def test_prompt_and_coco_suites(tmp_path):
         coco_suite(coco, metrics=METRICS)
 
 
+def _close(a, b, rel: float = 1e-5) -> bool:
+    """Nested results equal, floats up to `rel` (relative)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], rel) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_close(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=rel, abs=1e-9)
+    return a == b
+
+
 def _prompts(tmp_path) -> Path:
     folder = tmp_path / "prompts"
     folder.mkdir()
@@ -240,7 +251,7 @@ def test_accelerate_launch_two_processes_equal_one(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     two = json.loads((tmp_path / "two" / "results.json").read_text())
-    assert _without_timing(two) == _without_timing(one)
+    assert _close(_without_timing(two), _without_timing(one))  # float32 sums in 1 and 2 processes: rounding apart
 
 
 def test_bench_suite_shapes_is_the_demo(tmp_path):

@@ -101,7 +101,8 @@ def test_generate_to_folder_is_batch_independent_and_resumable(pipe, tmp_path):
     generate_to_folder(pipe, PROMPTS, tmp_path / "b", images_per_prompt=2, batch_size=3, progress=False, **STEPS)
     a, b = _images(tmp_path / "a"), _images(tmp_path / "b")
     assert sorted(a) == [f"{i:05d}-{k}.png" for i in range(3) for k in range(2)]
-    assert all(np.array_equal(a[name], b[name]) for name in a)
+    # batch rounding moves a pixel by at most one grey level (as documented), on some CPUs not at all
+    assert all(np.abs(a[name].astype(int) - b[name].astype(int)).max() <= 1 for name in a)
     lines = [json.loads(line) for line in (tmp_path / "a" / "generations.jsonl").read_text().splitlines()]
     assert lines == one and lines[3] == {
         "file": "images/00001-1.png",

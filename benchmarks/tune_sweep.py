@@ -79,6 +79,11 @@ LANES = {
     # in reach learn the contrast at less cost in fit? (With the resnets' convolutions too, 3.7M, a step took 2.5 times
     # as long: not run.) Seeds 1-3 pair with c-s1..3
     **{f"c-ff-s{seed}": f"--lora-targets {BLOCK_TARGETS} --seed {seed}" for seed in range(1, 7)},
+    # twice the batch (2 micro-steps of 16 accumulated): is a run's own part of its update (the part the mean of runs
+    # averages away) its gradient noise? Seeds 1-3 pair with c-s1..3: samples, timesteps and noise follow the sample
+    # stream, so at 1,000 steps a lane has seen exactly what its c-s twin saw in 2,000 (half the steps, each on twice
+    # the samples); at 2,000 it has seen twice that
+    **{f"c-b32-s{seed}": f"--grad-accum 2 --seed {seed}" for seed in range(1, 7)},
 }
 
 

@@ -100,9 +100,7 @@ def check_device(device: str, flag: str = "--device", fix: str = "pass --device 
         raise ValueError(f"`{flag}` is {device!r}, not a torch device; pass e.g. cpu, cuda or cuda:1.") from None
     available = {"cuda": torch.cuda.is_available, "mps": lambda: torch.backends.mps.is_available()}
     if kind in available and not available[kind]():
-        raise ValueError(
-            f"`{flag}` is {device!r}, but torch finds no {kind.upper()} device on this machine; {fix}."
-        )
+        raise ValueError(f"`{flag}` is {device!r}, but torch finds no {kind.upper()} device on this machine; {fix}.")
     index = torch.device(device).index
     if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
         raise ValueError(

@@ -95,6 +95,24 @@ def test_a_sweep_keeps_each_marks_lora_and_tuned_variants_compares_them(tmp_path
     assert set(summary["train_multi_mean"]) == {"base", "c-s0/lora-1", "c-s0/lora-2"}
 
 
+def test_every_lane_is_a_valid_tune_command():
+    """Each lane's options, after the bundled recipe's, parse as `discadapt tune` arguments (no lane fails late)."""
+    import tune_sweep
+
+    from discadapt.arguments import Parser
+    from discadapt.train.commands import add_commands
+
+    parser = Parser(prog="discadapt")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    lane = lambda name: parser.parse_args(  # noqa: E731
+        ["tune", *tune_sweep.shlex.split(f"{tune_sweep.BASE} {tune_sweep.LANES[name]}"), "--out", "x"]
+    )
+    for name in tune_sweep.LANES:
+        assert lane(name).command == "tune" and lane(name).world, name
+    batch = lane("c-b32-s1")
+    assert (batch.batch_size, batch.grad_accum, batch.seed) == (16, 2, 1)
+
+
 def test_a_lane_stopped_before_its_first_checkpoint_starts_over(tmp_path):
     """A sweep killed before a lane's first checkpoint leaves its record and log only; a rerun trains that lane."""
     import shutil
@@ -153,6 +171,10 @@ def test_lora_update_and_geometry_of_a_soup(tmp_path):
     assert figures["cosines"][0][2] == pytest.approx(1.0, abs=1e-5)
     assert lora_geometry.main([str(a), str(b), "--json", str(tmp_path / "g.json")]) == 0
     assert json.loads((tmp_path / "g.json").read_text())["norms"][str(a)] > 0
+    bundled = lora_geometry.geometry(["bundled", "bundled"])  # the world's bundled LoRA read as a LoRA folder
+    modules = set(lora_geometry._update("bundled"))  # the attention projections of the world's UNet
+    assert bundled["norms"]["bundled"] > 0 and set(update) <= modules
+    assert all(m.endswith(("to_q", "to_k", "to_v", "to_out.0")) for m in modules)
 
 
 def test_denoising_fit_of_base_and_a_lora(tmp_path, capsys):

@@ -150,7 +150,14 @@ def test_dpo_enhancement_trains_from_the_reference_and_refuses_missing_pairs(tmp
 
 def _config(rounds=2):
     return AugmentConfig(
-        rounds=rounds, candidates=3, top_k=1, holdout=0.34, holdout_images=2, min_gain=-1.0, steps=2, batch_size=4,
+        rounds=rounds,
+        candidates=3,
+        top_k=1,
+        holdout=0.34,
+        holdout_images=2,
+        min_gain=-1.0,
+        steps=2,
+        batch_size=4,
         enhance=EnhanceConfig(steps=2, batch_size=2, lr=1e-2, lora_rank=2, lora_alpha=2.0, checkpoint_every=1),
     )
 
@@ -171,6 +178,7 @@ def test_augment_runs_rounds_and_resumes_to_the_same_result(tmp_path):
         (part / "round-02" / name).write_bytes((tmp_path / "full" / "round-02" / name).read_bytes())
     (part / "round-02" / "candidates.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:20])  # torn line
     again = augment(tiny_sd_pipeline(), critic, PROMPTS, part, _config(), progress=False)
+
     def same(a: dict, b: dict) -> None:  # the same record, up to float rounding of the rescored images
         assert a.keys() == b.keys()
         for key in a.keys() - {"lora"}:

@@ -108,7 +108,8 @@ def test_every_lane_is_a_valid_tune_command():
         ["tune", *tune_sweep.shlex.split(f"{tune_sweep.BASE} {tune_sweep.LANES[name]}"), "--out", "x"]
     )
     for name in tune_sweep.LANES:
-        assert lane(name).command == "tune" and lane(name).world, name
+        args = lane(name)
+        assert args.command == "tune" and args.world, name
     batch = lane("c-b32-s1")
     assert (batch.batch_size, batch.grad_accum, batch.seed) == (16, 2, 1)
 

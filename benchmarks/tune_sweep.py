@@ -84,6 +84,10 @@ LANES = {
     # stream, so at 1,000 steps a lane has seen exactly what its c-s twin saw in 2,000 (half the steps, each on twice
     # the samples); at 2,000 it has seen twice that
     **{f"c-b32-s{seed}": f"--grad-accum 2 --seed {seed}" for seed in range(1, 7)},
+    # the denoising loss and the contrast only where the bundled update acts: sampling with it only after the first 30%
+    # of the steps (t below about 700) keeps three quarters of its gain, only in the first 30% none of it (the
+    # windows of `tuned_variants.py`). Seeds 1-3 pair with c-s1..3
+    **{f"c-t700-s{seed}": f"--denoise-timestep-range 0 700 --seed {seed}" for seed in range(1, 7)},
 }
 
 

@@ -14,6 +14,13 @@
 A variant may merge several LoRAs at scales: `runs/tune-a@1.5` (the update extrapolated), `runs/tune-a@0.5+runs/
 tune-b@0.5` (the mean of two runs' updates, a soup).
 
+Where in the schedule an update acts: `bundled~0.3-1` samples with the tuned UNet in the steps of [0.3, 1) of the
+schedule and base's before (the UNets swapped between steps: one UNet pass a step, as base's); segments join windows,
+`bundled~0-0.3,bundled@1.5~0.3-1` (the bundled update at 1.5 times after the first 30% of the steps).
+
+`--guidance 4 3 5`: each pipeline, base too, at each classifier-free guidance scale (rows `NAME g=3`, ...), so that a
+tuned model's own best scale is chosen beside base's; the held-out base row stays at the demo's scale (4).
+
 Resumable (each stage is a `bench.run_suite` folder). Writes OUT/summary.json.
 """
 
@@ -31,7 +38,7 @@ from _protocol import MULTI, STEPS, add_arguments, held_out_suite, multi_mean, t
 from discadapt.bench import pipeline_method, run_suite  # noqa: E402
 from discadapt.interaction import fuse_enhancements  # noqa: E402
 from discadapt.scorers import DenoisingScorer  # noqa: E402
-from discadapt.worlds.shapes.bundle import load_pipeline  # noqa: E402
+from discadapt.worlds.shapes.bundle import load_lora, load_pipeline  # noqa: E402
 from discadapt.worlds.shapes.probing import hard_negative_table  # noqa: E402
 from discadapt.worlds.shapes.rows import GUIDANCE, SCORE_BATCH, bundled_tuned  # noqa: E402
 
@@ -60,23 +67,63 @@ def parts(spec: str) -> list[tuple[Path, float]]:
     return found
 
 
+def window(spec: str) -> tuple[str, tuple[float, float] | None]:
+    """A segment's LoRAs and its window: `SPEC~A-B` uses that tuned UNet for the sampler steps i with A <= i / steps
+    < B (e.g. `bundled~0.3-1`); no `~`: the tuned UNet throughout."""
+    loras, _, found = str(spec).partition("~")
+    if not found:
+        return loras, None
+    start, _, stop = found.partition("-")
+    if not (0 <= float(start) < float(stop) <= 1):
+        raise ValueError(f"The window of {spec!r} is {found!r}; pass A-B with 0 <= A < B <= 1, e.g. ~0-0.6.")
+    return loras, (float(start), float(stop))
+
+
+def segments(spec: str) -> list[tuple[str, tuple[float, float] | None]]:
+    """A variant's segments, `SEG[,SEG...]`, each `window`'s: `bundled~0-0.6` is the tuned UNet in the first 60% of
+    the steps and base's after; `bundled~0-0.3,bundled@1.5~0.3-0.6,bundled~0.6-1` the update at 1.5 times in the
+    middle. Steps no window holds use base's UNet; a window overlapping an earlier one yields to it."""
+    found = [window(part) for part in str(spec).split(",")]
+    if len(found) > 1 and any(w is None for _, w in found):
+        raise ValueError(f"{spec!r} joins segments without a window; give each a ~A-B, e.g. A~0-0.5,B~0.5-1.")
+    return found
+
+
 def variant_name(spec: str) -> str:
     """The row name of a variant: each LoRA's run folder name (or `lane/lora-K` for a LoRA folder of
-    `tune_sweep.py`), with its scale and `+` as given."""
+    `tune_sweep.py`), with its scale and `+` as given, and each segment's window."""
     name = lambda run: f"{run.parent.name}/{run.name}" if is_lora(run) else run.name  # noqa: E731
-    return "+".join(name(run) + (f"@{scale:g}" if "@" in part else "")
-                    for (run, scale), part in zip(parts(spec), str(spec).split("+")))  # fmt: skip
+
+    def named(loras, found):
+        runs = "+".join(name(run) + (f"@{scale:g}" if "@" in part else "")
+                        for (run, scale), part in zip(parts(loras), loras.split("+")))  # fmt: skip
+        return runs + (f"~{found[0]:g}-{found[1]:g}" if found else "")
+
+    return ",".join(named(loras, found) for loras, found in segments(spec))
+
+
+def bundled_pipeline(scale: float = 1.0):
+    """The world pipeline with the bundled stage-2 LoRA fused at `scale` (1: the demo's tuned model)."""
+    if scale == 1:
+        return bundled_tuned()[0]
+    pipe = load_pipeline()
+    load_lora(pipe, fuse=False)
+    pipe.fuse_lora(components=["unet"], lora_scale=scale)
+    pipe.unload_lora_weights()
+    return pipe
 
 
 def tuned_pipeline(spec: str):
     """The world pipeline with the LoRAs of variant `spec` fused into its UNet (see `parts`; a finished tune run
     stands for its `lora/`); `bundled`: the bundled stage-2 LoRA (the demo's tuned row), `bundled+A...`: with more
-    LoRAs fused on top (e.g. an enhancement of the tuned model)."""
-    first, _, more = str(spec).partition("+")
-    if first == "bundled":
-        pipe, loras = bundled_tuned()[0], parts(more) if more else []
+    LoRAs fused on top (e.g. an enhancement of the tuned model), `bundled@S` the bundled update at S times. For a
+    variant of several segments, the first segment's; a window (`~A-B`) is ignored here (see `unet_schedules`)."""
+    loras = segments(spec)[0][0]
+    first, _, more = loras.partition("+")
+    if first.partition("@")[0] == "bundled":
+        pipe, loras = bundled_pipeline(float(first.partition("@")[2] or 1)), parts(more) if more else []
     else:
-        pipe, loras = load_pipeline(), parts(spec)
+        pipe, loras = load_pipeline(), parts(loras)
     if loras:
         fuse_enhancements(pipe, [lora_folder(run) for run, _ in loras], scales=[scale for _, scale in loras])
     pipe.set_progress_bar_config(disable=True)
@@ -90,8 +137,58 @@ def pipelines(runs: dict[str, str]) -> dict:
     return {"base": base, **{name: tuned_pipeline(run) for name, run in runs.items()}}
 
 
-def methods(pipes: dict) -> dict:
-    return {name: pipeline_method(pipe, STEPS, GUIDANCE) for name, pipe in pipes.items()}
+def rows(pipes: dict, guidances=(GUIDANCE,)) -> dict:
+    """`row name -> (variant name, guidance)`: each pipeline at each guidance scale, named as the pipeline at the
+    demo's `GUIDANCE` and `NAME g=G` at another scale (so that `base` stays the base row every row is paired to)."""
+    return {name if g == GUIDANCE else f"{name} g={g:g}": (name, g) for name in pipes for g in guidances}
+
+
+def unet_schedules(runs: dict, pipes: dict) -> dict:
+    """`variant name -> [(A, B, unet), ...]` for the variants with windows: each segment's fused UNet (the first
+    segment's is the variant's pipeline's) and the share of the schedule [A, B) it runs in."""
+    found = {}
+    for name, spec in runs.items():
+        found_segments = segments(spec)
+        if found_segments[0][1] is not None:
+            unets = [pipes[name].unet] + [tuned_pipeline(loras).unet for loras, _ in found_segments[1:]]
+            found[name] = [(*w, unet) for (_, w), unet in zip(found_segments, unets)]
+    return found
+
+
+def windowed_method(pipe, base_unet, schedule: list, guidance: float):
+    """`pipe`'s method with the UNet of `schedule` (`[(A, B, unet), ...]`, the first that holds the step) in each
+    step i with A <= i / steps < B, and `base_unet` in the others; swapped between steps by `callback_on_step_end`,
+    so each step costs one UNet pass, as base's."""
+    home = pipe.unet
+    unet_at = lambda i: next((u for a, b, u in schedule if a <= i / STEPS < b), base_unet)  # noqa: E731
+
+    def swap(pipeline, i, t, tensors):
+        pipeline.unet = unet_at(i + 1)
+        return tensors
+
+    inner = pipeline_method(pipe, STEPS, guidance, callback_on_step_end=swap)
+
+    def generate(prompts, seeds):
+        pipe.unet = unet_at(0)
+        try:
+            return inner(prompts, seeds)
+        finally:
+            pipe.unet = home
+
+    return generate
+
+
+def methods(rows: dict, pipes: dict, schedules: dict | None = None) -> dict:
+    """Each row's method (`rows`: row name -> (variant name, guidance), `pipes`: variant name -> pipeline, base's
+    under "base"); a variant with windows (`schedules`, see `unet_schedules`) swaps UNets between steps, base's
+    outside its windows."""
+    schedules = schedules or {}
+    return {
+        name: windowed_method(pipes[variant], pipes["base"].unet, schedules[variant], g)
+        if variant in schedules
+        else pipeline_method(pipes[variant], STEPS, g)
+        for name, (variant, g) in rows.items()
+    }
 
 
 def main(argv=None) -> int:
@@ -102,9 +199,18 @@ def main(argv=None) -> int:
         nargs="+",
         required=True,
         help="finished `discadapt tune --world` run folders, LoRA folders (tune_sweep.py's LANE/lora-K), or `bundled`; "
-        "A@S merges A at scale S, A+B merges both (A@0.5+B@0.5: the mean of their updates)",
+        "A@S merges A at scale S, A+B merges both (A@0.5+B@0.5: the mean of their updates); SPEC~A-B: that tuned "
+        "UNet in the steps [A, B) of the schedule only, base's elsewhere; SEG,SEG: several windows",
     )
     parser.add_argument("--probing", type=int, default=0, help="held-out scenes per category and split (0: off)")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        default=[GUIDANCE],
+        help=f"classifier-free guidance scales, each pipeline (base too) at each (default {GUIDANCE:g}, the demo's); "
+        "the held-out base row is always at the demo's",
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -113,11 +219,14 @@ def main(argv=None) -> int:
     if len(runs) != len(args.runs):
         parser.error(f"--runs {' '.join(args.runs)}: two runs share a name; give each its own folder name.")
     pipes = pipelines(runs)
+    schedules = unet_schedules(runs, pipes)
+    grid = rows(pipes, dict.fromkeys([GUIDANCE, *args.guidance]))  # the demo's base row first, as the baseline
+    tuned = [name for name, (variant, _) in grid.items() if variant != "base"]
     # 1. the variants on train-split prompts
     suite = train_suite(args)
-    train = run_suite(suite, methods(pipes), out / "train", batch_size=48, progress=False)
+    train = run_suite(suite, methods(grid, pipes, schedules), out / "train", batch_size=48, progress=False)
     scores = {name: multi_mean(found) for name, found in train["methods"].items()}
-    chosen = [name for name in runs if scores[name] == max(scores[n] for n in runs)]
+    chosen = [name for name in tuned if scores[name] == max(scores[n] for n in tuned)]
     summary = {
         "train_multi_mean": scores,
         "train_difference_to_base": {
@@ -135,7 +244,7 @@ def main(argv=None) -> int:
     # 3. the chosen variants on the demo's held-out prompts
     if args.held_out:
         held = held_out_suite(args)
-        held_methods = methods({"base": pipes["base"], **{name: pipes[name] for name in chosen}})
+        held_methods = methods({name: grid[name] for name in ["base", *chosen]}, pipes, schedules)
         found = run_suite(held, held_methods, out / "held-out", progress=False)
         summary["held_out"] = {
             name: {

@@ -90,9 +90,12 @@ def test_a_sweep_keeps_each_marks_lora_and_tuned_variants_compares_them(tmp_path
 
     variants = tmp_path / "variants"
     runs = [str(loras["c-s0", 1]), str(loras["c-s0", 2])]
-    assert tuned_variants.main(["--out", str(variants), "--runs", *runs, "--prompts-per-category", "1"]) == 0
+    args = ["--out", str(variants), "--runs", *runs, "--prompts-per-category", "1", "--guidance", "2", "4"]
+    assert tuned_variants.main(args) == 0
     summary = json.loads((variants / "summary.json").read_text())
-    assert set(summary["train_multi_mean"]) == {"base", "c-s0/lora-1", "c-s0/lora-2"}
+    names = ["base", "base g=2", "c-s0/lora-1", "c-s0/lora-1 g=2", "c-s0/lora-2", "c-s0/lora-2 g=2"]
+    assert list(summary["train_multi_mean"]) == names  # each pipeline at each scale, the demo's base row first
+    assert summary["train_difference_to_base"]["base"] is None and set(summary["chosen"]) <= set(names[2:])
 
 
 def test_every_lane_is_a_valid_tune_command():
@@ -197,3 +200,26 @@ def test_denoising_fit_of_base_and_a_lora(tmp_path, capsys):
     rows = json.loads((tmp_path / "f.json").read_text())
     assert list(rows) == ["base", "a/lora"] and rows["base"] == pytest.approx(figures, rel=1e-5)
     assert rows["a/lora"] != rows["base"] and "(+0%)" in capsys.readouterr().out
+
+
+def test_a_window_uses_the_tuned_unet_inside_it_and_base_outside():
+    """`SPEC~A-B`: the tuned UNet in the steps [A, B) of the schedule, base's elsewhere; the whole schedule gives the
+    tuned pipeline's images, a window holding no step base's, one between them neither; segments join windows."""
+    import numpy as np
+
+    runs = {name: name for name in ("bundled~0-1", "bundled~0.99-1", "bundled~0-0.5", "bundled~0-0.5,bundled@0~0.5-1")}
+    pipes = tuned_variants.pipelines({"bundled": "bundled", **runs})
+    schedules = tuned_variants.unet_schedules(runs, pipes)
+    assert list(schedules) == list(runs) and [a for a, _, _ in schedules["bundled~0-0.5,bundled@0~0.5-1"]] == [0, 0.5]
+    generate = tuned_variants.methods(tuned_variants.rows(pipes), pipes, schedules)
+    images = {name: method(["a red circle above a blue square"], [0]) for name, method in generate.items()}
+    same = lambda a, b: np.array_equal(images[a], images[b])  # noqa: E731
+    assert same("bundled~0-1", "bundled") and same("bundled~0.99-1", "base") and not same("bundled", "base")
+    assert not same("bundled~0-0.5", "bundled") and not same("bundled~0-0.5", "base")
+    assert same("bundled~0-0.5,bundled@0~0.5-1", "bundled~0-0.5")  # the update at 0 times is base's UNet
+    assert all(pipes[name].unet is schedules[name][0][2] for name in runs)  # each UNet back after each call
+    assert tuned_variants.variant_name("bundled~0-0.6,bundled@1.5~0.6-1") == "bundled~0-0.6,bundled@1.5~0.6-1"
+    with pytest.raises(ValueError, match="pass A-B with 0 <= A < B <= 1"):
+        tuned_variants.window("bundled~0.6-0.3")
+    with pytest.raises(ValueError, match="joins segments without a window"):
+        tuned_variants.segments("bundled,bundled~0-1")

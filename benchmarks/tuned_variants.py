@@ -40,7 +40,7 @@ from discadapt.interaction import fuse_enhancements  # noqa: E402
 from discadapt.scorers import DenoisingScorer  # noqa: E402
 from discadapt.worlds.shapes.bundle import load_lora, load_pipeline  # noqa: E402
 from discadapt.worlds.shapes.probing import hard_negative_table  # noqa: E402
-from discadapt.worlds.shapes.rows import GUIDANCE, SCORE_BATCH, bundled_tuned  # noqa: E402
+from discadapt.worlds.shapes.rows import GUIDANCE, SCORE_BATCH  # noqa: E402
 
 
 def is_lora(folder: Path) -> bool:
@@ -102,28 +102,16 @@ def variant_name(spec: str) -> str:
     return ",".join(named(loras, found) for loras, found in segments(spec))
 
 
-def bundled_pipeline(scale: float = 1.0):
-    """The world pipeline with the bundled stage-2 LoRA fused at `scale` (1: the demo's tuned model)."""
-    if scale == 1:
-        return bundled_tuned()[0]
-    pipe = load_pipeline()
-    load_lora(pipe, fuse=False)
-    pipe.fuse_lora(components=["unet"], lora_scale=scale)
-    pipe.unload_lora_weights()
-    return pipe
-
-
 def tuned_pipeline(spec: str):
     """The world pipeline with the LoRAs of variant `spec` fused into its UNet (see `parts`; a finished tune run
     stands for its `lora/`); `bundled`: the bundled stage-2 LoRA (the demo's tuned row), `bundled+A...`: with more
     LoRAs fused on top (e.g. an enhancement of the tuned model), `bundled@S` the bundled update at S times. For a
     variant of several segments, the first segment's; a window (`~A-B`) is ignored here (see `unet_schedules`)."""
-    loras = segments(spec)[0][0]
-    first, _, more = loras.partition("+")
-    if first.partition("@")[0] == "bundled":
-        pipe, loras = bundled_pipeline(float(first.partition("@")[2] or 1)), parts(more) if more else []
+    loras = parts(segments(spec)[0][0])
+    if loras[0][0] == Path("bundled"):  # the bundled LoRA at its scale (the demo's tuned model at 1)
+        pipe, loras = load_lora(load_pipeline(), scale=loras[0][1]), loras[1:]
     else:
-        pipe, loras = load_pipeline(), parts(loras)
+        pipe = load_pipeline()
     if loras:
         fuse_enhancements(pipe, [lora_folder(run) for run, _ in loras], scales=[scale for _, scale in loras])
     pipe.set_progress_bar_config(disable=True)

@@ -128,6 +128,12 @@ def test_lora_bundle_tuned_rows_and_demo_rows(world_root, world, tmp_path):
         assert corrected.config.correction == {**TUNED_CORRECTION, "mode": mode}
     assert np.abs(got["tuned"](prompt, seed).astype(int) - want.astype(int)).max() <= 1  # fused: float rounding
     assert not np.array_equal(want, pipeline_method(pipe, 2, 4.0)(prompt, seed))  # the LoRA changes the images
+    base = dict(_pipe(root).unet.named_parameters())
+    delta = lambda p: {k: v.detach() - base[k] for k, v in p.unet.named_parameters()}  # noqa: E731
+    once, twice = delta(fused), delta(load_lora(_pipe(root), root=root, scale=2))  # `scale` multiplies the update
+    assert any(d.abs().max() > 0 for d in once.values())
+    for k, d in twice.items():
+        torch.testing.assert_close(d, 2 * once[k], atol=1e-6, rtol=1e-4)
 
     # every bundle present: the demo gets all rows and both tables
     adapter.save_pretrained(tmp_path / "adapter")

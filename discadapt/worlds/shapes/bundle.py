@@ -344,9 +344,10 @@ def bundle_lora(lora_dir: str | os.PathLike, dest: str | os.PathLike | None = No
     return write_bundle(WEIGHTS_DIR / "lora" if dest is None else dest, manifest, {"lora": tensors}, half=False)
 
 
-def load_lora(pipe, root: str | os.PathLike | None = None, fuse: bool = True):
+def load_lora(pipe, root: str | os.PathLike | None = None, fuse: bool = True, scale: float = 1.0):
     """Load the bundled stage-2 LoRA into `pipe` (the bundled world pipeline) as `pipe.load_lora_weights` does, and
-    by default fuse it into the UNet and drop the LoRA layers, so generation costs what the base pipeline's does.
+    by default fuse it into the UNet (its update times `scale`, 1 by default) and drop the LoRA layers, so generation
+    costs what the base pipeline's does.
 
     Raises:
         BundleError: a missing or corrupt weight file (names it, and the command that rebuilds it).
@@ -354,7 +355,7 @@ def load_lora(pipe, root: str | os.PathLike | None = None, fuse: bool = True):
     manifest, components = read_bundle("lora", root)
     _attach_lora(pipe, components["lora"], manifest["metadata"], "tuned")  # the LoRA has no text-encoder part
     if fuse:
-        pipe.fuse_lora(components=["unet"])
+        pipe.fuse_lora(components=["unet"], lora_scale=scale)
         pipe.unload_lora_weights()
     return pipe
 

@@ -36,7 +36,7 @@ import torch
 
 from .adapter import DiscriminativeAdapter
 from .probe import FeatureProbe
-from .scoring import adapter_itm_logits, denoising_score, itm_score
+from .scoring import adapter_itm_logits, add_noise, denoising_score, encode_images, influence_layout, itm_score
 from .text import TextEmbeddings, get_unet
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "JudgeScorer",
     "Judgement",
     "LatentScorer",
+    "LayoutScorer",
     "Scorer",
     "as_pixels",
 ]
@@ -145,6 +146,67 @@ class DenoisingScorer:
             unconditional=self.unconditional,
             batch_size=self.batch_size,
         )
+
+
+class LayoutScorer:
+    """Where each phrase of a prompt's spatial layout acts on the noise prediction (`scoring.influence_layout`): the
+    layout term of self-correction, needing no adapter (a `LatentScorer`).
+
+    The layout of a prompt is planned from its words (`plan_layout`, by default
+    `interaction.critics.layout.plan_layout`: "A left of B" puts A on the left half and B on the right); a prompt
+    without one scores 0 and costs nothing. Latents are scored against the `prompts` the scorer was made for, as
+    `sampling.SelfCorrection` orders them (`num_images_per_prompt` consecutive latents per prompt); images, against
+    the prompts given, noised once at `t`.
+
+    Args:
+        pipe: the diffusers pipeline whose UNet is read.
+        prompts (`Sequence[str]`, *optional*): the prompts of the latents to score (a self-correction run's).
+        t (`int`, defaults to 500): timestep at which images are noised by `score`.
+        plan (callable, *optional*): `prompt -> list[boxes.Region]`.
+        positions (`bool`, defaults to True): also score one phrase's position ("A on the left"); False scores
+            pairwise relations only (layouts of two or more regions).
+        feather (`float`, defaults to 1.0): the box masks' edge ramp in latent pixels.
+        name (`str`, defaults to "layout influence").
+
+    Example:
+        >>> term = SelfCorrection(LayoutScorer(pipe, prompts), prompts, scale=1.0, normalize="unit", stop=0.6)
+    """
+
+    def __init__(
+        self, pipe, prompts=(), t: int = 500, plan=None, positions: bool = True, feather: float = 1.0, name: str = ""
+    ):
+        if plan is None:
+            from .interaction.critics.layout import plan_layout as plan  # the critics import this module
+        num = pipe.scheduler.config.num_train_timesteps
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < num:
+            raise ValueError(f"`t` is {t!r}; pass an integer timestep in [0, {num - 1}].")
+        self.pipe, self.t, self.planner, self.positions, self.feather = pipe, t, plan, positions, feather
+        self.prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        self.layouts = [self.plan(p) for p in self.prompts]
+        self.name = name or "layout influence"
+
+    def plan(self, prompt: str) -> list:
+        """The regions of `prompt` that are scored."""
+        regions = self.planner(prompt)
+        return regions if self.positions or len(regions) > 1 else []
+
+    def score(self, images_or_latents, prompts: Sequence[str]) -> torch.Tensor:
+        with torch.no_grad():
+            x0 = encode_images(self.pipe, as_pixels(images_or_latents))
+            noise = torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(0)).to(x0)  # one draw for all
+            t = torch.full((len(x0),), self.t, device=x0.device)
+            xt = add_noise(self.pipe.scheduler.alphas_cumprod, x0, noise.expand_as(x0), t)
+            return influence_layout(self.pipe, xt, t, [self.plan(p) for p in prompts], self.feather).float().cpu()
+
+    def score_latents(self, model_input: torch.Tensor, t: torch.Tensor, text: TextEmbeddings) -> torch.Tensor:
+        if not self.prompts or len(model_input) % len(self.prompts):
+            raise ValueError(
+                f"LayoutScorer was made for {len(self.prompts)} prompts but scores {len(model_input)} latents; pass "
+                "it the run's prompts, e.g. LayoutScorer(pipe, prompts)."
+            )
+        per = len(model_input) // len(self.prompts)
+        layouts = [self.layouts[b // per] for b in range(len(model_input))]
+        return influence_layout(self.pipe, model_input, t, layouts, self.feather)
 
 
 class FunctionScorer:

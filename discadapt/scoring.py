@@ -37,6 +37,7 @@ __all__ = [
     "denoising_score",
     "encode_images",
     "itm_score",
+    "influence_layout",
     "layout_score",
 ]
 
@@ -366,6 +367,53 @@ def layout_score(
         terms[b].append(-(gain * outside).sum() / outside.sum().clamp_min(1e-8))
     zero = errors.new_zeros(())
     return torch.stack([sum(t, zero) for t in terms]).cpu()  # summed in order, as the terms were added
+
+
+def influence_layout(
+    pipe, model_input: torch.Tensor, t: torch.Tensor, layouts: Sequence[Sequence], feather: float = 1.0
+):
+    """How much of each phrase's influence on the noise prediction lies in its box, for noisy UNet inputs: what a
+    sampler can read of its layout mid-way, since it needs no clean image (unlike `layout_score`). Per latent pixel,
+
+        d_i = || f(z_t, t, p_i) - f(z_t, t, "") ||^2        (mean over channels)
+        s   = sum_i  sum(d_i * M_i) / sum(d_i)               (M_i: the soft mask of box i, `boxes.box_mask`)
+
+    so s rises as each phrase's influence moves into its box (for the halves of "A left of B": A's to the left,
+    B's to the right). Differentiable when grad is enabled (self-correction's layout term, `scorers.LayoutScorer`).
+
+    Args:
+        pipe: a diffusers pipeline with a `UNet2DConditionModel`.
+        model_input (`torch.Tensor` of shape `(B, C, h, w)`): UNet inputs (after `scheduler.scale_model_input`).
+        t (`torch.Tensor` of shape `(B,)`): their timesteps.
+        layouts (Sequence[Sequence[Region]]): per input, its `boxes.Region`s (e.g. `plan_layout(prompt)`); an input
+            with none scores 0 and costs nothing.
+        feather (float): the masks' edge ramp in latent pixels. Default 1.0.
+
+    Returns:
+        `torch.Tensor` of shape `(B,)`, float32 (float64 for a float64 pipeline), in [0, number of regions].
+    """
+    unet = get_unet(pipe)
+    if isinstance(layouts, str) or not isinstance(layouts, Sequence) or len(layouts) != len(model_input):
+        raise ValueError(f"`layouts` must be a list of {len(model_input)} lists of Region (one per input).")
+    rows = [(b, r) for b, regions in enumerate(layouts) for r in regions]  # (input, region)
+    if any(not isinstance(r, Region) for _, r in rows):
+        raise ValueError("`layouts` holds something other than a Region; pass boxes.Region(box, prompt) items.")
+    wide = torch.promote_types(model_input.dtype, torch.float32)
+    if not rows:
+        return model_input.to(wide).sum(dim=(1, 2, 3)) * 0  # no layout: 0, with a (zero) gradient
+    placed = sorted({b for b, _ in rows})  # inputs with a layout: one empty-prompt row each
+    index = torch.tensor([b for b, _ in rows] + placed, device=model_input.device)
+    with torch.no_grad():
+        text = encode_text(pipe, [r.prompt for _, r in rows] + [""] * len(placed))
+    x = model_input[index]
+    pred = unet(x, t[index], text.encoder_hidden_states, **unet_text_kwargs(pipe, text, x)).sample.to(wide)
+    empty = dict(zip(placed, pred[len(rows) :]))
+    scores = [model_input.new_zeros((), dtype=wide)] * len(model_input)
+    for k, (b, region) in enumerate(rows):
+        influence = (pred[k] - empty[b]).pow(2).mean(dim=0)  # (h, w)
+        mask = box_mask(region.box, *influence.shape, feather=feather).to(influence)
+        scores[b] = scores[b] + (influence * mask).sum() / influence.sum().clamp_min(1e-12)
+    return torch.stack(scores)
 
 
 def _check_adapter(adapter: DiscriminativeAdapter, pipe) -> None:

@@ -1,5 +1,5 @@
-"""benchmarks/negative_guidance.py and correction_modes.py --tuned (issue 12): the sweep on train-split prompts, the
-chosen setting held out; a smoke test on one prompt per category."""
+"""benchmarks/negative_guidance.py, correction_modes.py --tuned and layout_correction.py --tuned (issue 12): the sweep
+on train-split prompts, the chosen setting held out; a smoke test on one prompt per category."""
 
 import json
 import sys
@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import correction_modes  # noqa: E402
+import layout_correction  # noqa: E402
 import negative_guidance  # noqa: E402
 
 SMALL = ["--prompts-per-category", "1", "--images-per-prompt", "1", "--held-out", "--held-out-prompts", "1"]
@@ -34,3 +35,14 @@ def test_correction_modes_on_the_tuned_model(tmp_path):
     assert summary["window"] == [0.0, 0.3] and summary["every"] == 2
     assert list(summary["train_multi_mean"]) == ["base", "uncorrected", "reuse 0.5"]
     assert list(summary["held_out"]) == ["base", "uncorrected", "reuse (chosen: 0.5)"]
+
+
+def test_layout_correction_on_the_tuned_model(tmp_path):
+    out = tmp_path / "lc"
+    args = ["--out", str(out), "--tuned", "--scales", "0", "1", "--windows", "0-0.6"]
+    assert layout_correction.main([*args, *SMALL]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["train_multi_mean"]) == ["base", "reference", "layout 0 0-0.6", "layout 1 0-0.6"]
+    # scale 0 changes nothing: the reference's images, its verdicts
+    assert summary["train_multi_mean"]["layout 0 0-0.6"] == summary["train_multi_mean"]["reference"]
+    assert list(summary["held_out"]) == ["base", "reference", summary["chosen"][0]]

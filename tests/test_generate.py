@@ -75,6 +75,42 @@ def test_self_correcting_pipeline(pipe, adapter, tmp_path):
         SelfCorrectingPipeline.from_pipe("sd")
 
 
+def test_self_correcting_pipeline_with_a_layout_term(pipe, adapter, tmp_path):
+    """`layout` adds the layout term (plain `SelfCorrection` by a `LayoutScorer`) after the adapter's correction: a
+    prompt without a relation keeps its image, a spatial one moves; it needs no adapter; `layout_scale=0` turns it
+    off; it is saved with the pipeline."""
+    from diffusers.callbacks import MultiPipelineCallbacks
+
+    from discadapt.sampling import SelfCorrection
+    from discadapt.scorers import LayoutScorer
+
+    prompts = ["a red circle", "a blue square to the left of a green triangle"]
+
+    def run(p, **kwargs):
+        return p(prompts, generator=torch.Generator().manual_seed(0), output_type="pt", **STEPS, **kwargs).images
+
+    layout = {"scale": 2.0, "start": 0.0, "stop": 1.0, "normalize": "unit"}
+    laid = SelfCorrectingPipeline.from_pipe(pipe, layout=layout)
+    plain, moved = run(pipe), run(laid)
+    assert torch.equal(moved[0], plain[0]) and not torch.allclose(moved[1], plain[1])
+    assert torch.equal(run(laid, layout_scale=0.0), plain)
+    both = SelfCorrectingPipeline.from_pipe(
+        pipe, adapter=adapter, correction={"scale": 2.0, "mode": "reuse"}, layout=layout
+    )
+    terms = [SelfCorrection(adapter, prompts, scale=2.0, mode="reuse")]
+    terms.append(SelfCorrection(LayoutScorer(pipe, prompts), prompts, **layout))
+    by_hand = MultiPipelineCallbacks(terms)  # the same two terms as callbacks of the base pipeline, in that order
+    torch.testing.assert_close(
+        run(both), run(pipe, callback_on_step_end=by_hand, callback_on_step_end_tensor_inputs=["latents"])
+    )
+    assert not pipe.unet._forward_hooks and "forward" not in vars(pipe.unet)
+    laid.save_pretrained(tmp_path / "laid")
+    back = StableDiffusionSelfCorrectionPipeline.from_pretrained(tmp_path / "laid")
+    assert back.config.layout == layout and torch.equal(run(back), moved)
+    with pytest.raises(ValueError, match="mode='reuse' reads the sampler's one UNet pass"):
+        SelfCorrectingPipeline.from_pipe(pipe, layout={"mode": "reuse"})
+
+
 def test_self_correcting_sdxl_pipeline():
     xl = tiny_sdxl_pipeline(seed=0)
     torch.manual_seed(0)

@@ -248,3 +248,67 @@ def test_layout_score_gradient_matches_finite_differences_float64():
         numeric = (f(x + h * direction) - f(x - h * direction)) / (2 * h)
     torch.testing.assert_close((grad * direction).sum(), numeric, rtol=1e-6, atol=1e-9)
     assert not layout_score(pipe, x, layouts, num_timesteps=2).requires_grad  # no graph by default
+
+
+def test_influence_layout_shares_and_gradient_float64():
+    """Each region scores the share of its phrase's influence (|eps(p) - eps("")|^2) inside its box: a box over the
+    whole latent scores 1, a phrase's two halves sum to 1 (so a layout and its swap sum to 2), an input without a
+    layout scores 0 with a zero gradient, and the gradient is the score's (finite differences, float64)."""
+    from discadapt.boxes import Region
+    from discadapt.scoring import influence_layout
+
+    pipe = tiny_sd_pipeline(seed=0).to(torch.float64)
+    x = torch.randn(3, 4, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([700, 700, 300])
+    left, right = (0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)
+    layout = [Region(left, "a red circle"), Region(right, "a blue square")]
+    swapped = [Region(right, "a red circle"), Region(left, "a blue square")]
+    scores = influence_layout(pipe, x, t, [layout, [], [Region((0, 0, 1, 1), "a cat")]])
+    both = influence_layout(pipe, x[[0, 0]], t[[0, 0]], [layout, swapped])
+    torch.testing.assert_close(both.sum(), torch.tensor(2.0, dtype=torch.float64))
+    torch.testing.assert_close(both[0], scores[0])  # a score does not depend on the rest of the batch
+    assert scores[1] == 0 and 0 < scores[0] < 2
+    torch.testing.assert_close(scores[2], torch.tensor(1.0, dtype=torch.float64))
+
+    def f(z):
+        return influence_layout(pipe, z, t, [layout, [], []]).sum()
+
+    z = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(z), z)
+    assert grad[0].abs().max() > 0 and grad[1:].abs().max() == 0
+    direction = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    h = 1e-6
+    with torch.no_grad():
+        numeric = (f(x + h * direction) - f(x - h * direction)) / (2 * h)
+    torch.testing.assert_close((grad * direction).sum(), numeric, rtol=1e-5, atol=1e-9)
+    (none,) = torch.autograd.grad(influence_layout(pipe, z, t, [[], [], []]).sum(), z)
+    assert none.abs().max() == 0
+    with pytest.raises(ValueError, match="`layouts` must be a list of 3 lists"):
+        influence_layout(pipe, x, t, [layout])
+    with pytest.raises(ValueError, match="other than a Region"):
+        influence_layout(pipe, x, t, [[(left, "a cat")], [], []])
+
+
+def test_layout_scorer_plans_from_prompts(sd_pipe):
+    """`LayoutScorer` scores latents against the prompts it was made for (repeated per image, as self-correction
+    orders them) and images against the prompts given (noised once at `t`); prompts without a relation score 0."""
+    from discadapt.interaction.critics.layout import plan_layout
+    from discadapt.scorers import LatentScorer, LayoutScorer
+    from discadapt.scoring import influence_layout
+
+    prompts = ["a red circle to the left of a blue square", "a cat"]
+    scorer = LayoutScorer(sd_pipe, prompts)
+    assert isinstance(scorer, LatentScorer) and scorer.name == "layout influence"
+    x, t = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(1)), torch.full((4,), 600)
+    layouts = [plan_layout(prompts[0])] * 2 + [[]] * 2
+    torch.testing.assert_close(scorer.score_latents(x, t, None), influence_layout(sd_pipe, x, t, layouts))
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    scores = scorer.score(images, prompts)
+    assert scores.shape == (2,) and scores[0] > 0 and scores[1] == 0
+    # positions=False: one phrase's position ("A on the left") is left alone, pairwise relations are scored
+    pairs = LayoutScorer(sd_pipe, ["a cat on the left", prompts[0]], positions=False)
+    assert pairs.layouts == [[], plan_layout(prompts[0])] and LayoutScorer(sd_pipe, ["a cat on the left"]).layouts[0]
+    with pytest.raises(ValueError, match="made for 2 prompts but scores 3 latents"):
+        scorer.score_latents(x[:3], t[:3], None)
+    with pytest.raises(ValueError, match="`t` is 1000"):
+        LayoutScorer(sd_pipe, prompts, t=1000)

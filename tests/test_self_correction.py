@@ -376,3 +376,29 @@ def test_input_mode_with_scale_zero_is_bit_identical_and_needs_one_iteration(pip
         SelfCorrection(adapter, PROMPTS, mode="input", iterations=2)
     with pytest.raises(ValueError, match="`mode` is 'guide'; pass one of 'plain', 'reuse', 'input'"):
         SelfCorrection(adapter, PROMPTS, mode="guide")
+
+
+def test_layout_term_after_reuse_mode(adapter):
+    """A layout term (`scorers.LayoutScorer`, plain mode) chained after a reuse-mode correction: its UNet calls run
+    with gradients on, so the reuse recorder lets them through unrecorded, and the reuse correction is what it is
+    alone; a prompt without a relation keeps its image bit for bit, a spatial prompt's image moves."""
+    from discadapt.scorers import LayoutScorer
+
+    pipe = tiny_sd_pipeline(seed=0)
+    prompts = ["a red circle", "a blue square above a green triangle"]
+
+    def run(layout_scale):
+        reuse = SelfCorrection(adapter, prompts, scale=0.7, mode="reuse")
+        layout = SelfCorrection(LayoutScorer(pipe, prompts), prompts, scale=layout_scale, normalize="unit")
+        after = Recorder()
+        images = _generate(pipe, MultiPipelineCallbacks([reuse, layout, after]), steps=5, prompt=prompts,
+                           guidance_scale=5.0)  # fmt: skip
+        assert reuse.recorder is None and not pipe.unet._forward_hooks and "forward" not in vars(pipe.unet)
+        return images, after.latents
+
+    alone, _ = run(0.0)
+    with_term, _ = run(2.0)
+    # no relation: untouched (had the recorder recorded the term's pass, image 0's reuse gradient would have come
+    # from the term's rows, or the term's gradient would have been cut at the recorder's detached leaf)
+    assert torch.equal(with_term[0], alone[0])
+    assert not torch.allclose(with_term[1], alone[1], atol=1e-3)  # "above": moved

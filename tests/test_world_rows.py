@@ -101,7 +101,7 @@ def test_lora_bundle_tuned_rows_and_demo_rows(world_root, world, tmp_path):
     from discadapt.bench import pipeline_method
     from discadapt.train import TuneConfig, add_lora, save_lora
     from discadapt.worlds.shapes.bundle import bundle_lora, load_lora
-    from discadapt.worlds.shapes.rows import TUNED_CORRECTION, demo_rows, tuned_methods
+    from discadapt.worlds.shapes.rows import LAYOUT, TUNED_CORRECTION, demo_rows, tuned_methods
 
     pipe, adapter = world
     root = tmp_path / "weights"
@@ -122,10 +122,17 @@ def test_lora_bundle_tuned_rows_and_demo_rows(world_root, world, tmp_path):
     prompt, seed = ["a red circle"], [5]
     want = pipeline_method(reference, 2, 4.0)(prompt, seed)
     got = tuned_methods(fused, adapter, steps=2)
-    assert list(got) == ["tuned", "tuned + self-correction (plain)", "tuned + self-correction (reuse)"]
+    assert list(got) == [
+        "tuned",
+        "tuned + self-correction (plain)",
+        "tuned + self-correction (reuse)",
+        "tuned + self-correction (reuse) + layout",
+    ]
     for mode in ("plain", "reuse"):  # the tuned rows correct with the settings chosen for the tuned model
         corrected = inspect.getclosurevars(got[f"tuned + self-correction ({mode})"]).nonlocals["pipe"]
-        assert corrected.config.correction == {**TUNED_CORRECTION, "mode": mode}
+        assert corrected.config.correction == {**TUNED_CORRECTION, "mode": mode} and corrected.config.layout is None
+    laid = inspect.getclosurevars(got["tuned + self-correction (reuse) + layout"]).nonlocals["pipe"]
+    assert laid.config.correction == {**TUNED_CORRECTION, "mode": "reuse"} and laid.config.layout == LAYOUT
     assert np.abs(got["tuned"](prompt, seed).astype(int) - want.astype(int)).max() <= 1  # fused: float rounding
     assert not np.array_equal(want, pipeline_method(pipe, 2, 4.0)(prompt, seed))  # the LoRA changes the images
     base = dict(_pipe(root).unet.named_parameters())
@@ -147,6 +154,7 @@ def test_lora_bundle_tuned_rows_and_demo_rows(world_root, world, tmp_path):
         "tuned",
         "tuned + self-correction (plain)",
         "tuned + self-correction (reuse)",
+        "tuned + self-correction (reuse) + layout",
     ]
     assert methods["tuned"](["a red circle"], [5]).shape == (1, 32, 32, 3)
     probing, discrimination = (table(base) for table in tables)

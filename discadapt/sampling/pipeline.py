@@ -1,10 +1,10 @@
 """Self-correcting text-to-image pipelines: diffusers pipelines with the discriminative adapter as a component.
 
-`StableDiffusionSelfCorrectionPipeline` and `StableDiffusionXLSelfCorrectionPipeline` are the diffusers pipelines
-with one more component, `adapter` (a `DiscriminativeAdapter`), and one more setting, `correction` (the
-`SelfCorrection` arguments: `scale`, `start`, `stop`, `schedule`, `normalize`, `max_grad_norm`, `iterations`,
-`mode`). A call samples as the base pipeline does, with `SelfCorrection` between the steps, each latent corrected
-towards its own prompt (the `prompt` of the call). Being pipelines, they behave as diffusers users expect:
+`StableDiffusionSelfCorrectionPipeline` and `StableDiffusionXLSelfCorrectionPipeline` are the diffusers pipelines with
+one more component, `adapter` (a `DiscriminativeAdapter`), and two more settings, `correction` (the `SelfCorrection`
+arguments: `scale`, `start`, `stop`, `schedule`, `normalize`, `max_grad_norm`, `iterations`, `mode`, `every`) and
+`layout` (below). A call samples as the base pipeline does, with `SelfCorrection` between the steps, each latent
+corrected towards its own prompt (the `prompt` of the call). Being pipelines, they behave as diffusers users expect:
 
 - `from_pipe(pipe, adapter=..., correction=...)` shares `pipe`'s components without copying them (diffusers'
   `from_pipe`); `SelfCorrectingPipeline.from_pipe` picks the class for an SD or SDXL `pipe`;
@@ -12,7 +12,13 @@ towards its own prompt (the `prompt` of the call). Being pipelines, they behave 
   stays on the execution device (it is small and runs between UNet calls);
 - `save_pretrained` writes the adapter as a subfolder and the settings in `model_index.json`; `from_pretrained`
   reads them back;
-- without an adapter, or with `correction_scale=0`, a call gives the base pipeline's images bit for bit.
+- `layout` (the `SelfCorrection` arguments of a second term, and `positions`: False leaves one phrase's position alone;
+  by default no term) adds the layout term: a plain-mode `SelfCorrection` by a `scorers.LayoutScorer` of the call's
+  prompts, after the adapter's correction. It moves each phrase of a spatial prompt ("A left of B", "A on the left")
+  toward its planned half, by where the phrase changes the UNet's noise prediction; it needs no adapter, and prompts
+  without a relation are left as they are;
+- without an adapter and a layout term, or with `correction_scale=0` and `layout_scale=0`, a call gives the base
+  pipeline's images bit for bit.
 
 Example:
     >>> pipe = StableDiffusionPipeline.from_pretrained("/models/sd-1-5")
@@ -20,6 +26,8 @@ Example:
     >>> sc = SelfCorrectingPipeline.from_pipe(pipe, adapter=adapter, correction={"scale": 0.5, "mode": "reuse"})
     >>> images = sc(["a red cube on a blue ball"], num_inference_steps=30).images
     >>> plain = sc(["a red cube on a blue ball"], correction_scale=0.0).images  # as pipe(...)
+    >>> layout = {"scale": 1.0, "start": 0.2, "stop": 0.6, "normalize": "unit"}  # the layout term alone, no adapter
+    >>> laid = SelfCorrectingPipeline.from_pipe(pipe, layout=layout)
     >>> sc.save_pretrained("sd-self-correcting")  # adapter/ beside unet/, vae/, ...
 """
 
@@ -40,6 +48,7 @@ from transformers import (
 )
 
 from ..adapter import DiscriminativeAdapter
+from ..scorers import LayoutScorer
 from .self_correction import SelfCorrection
 
 __all__ = [
@@ -56,54 +65,83 @@ class SelfCorrectionMixin:
 
     _exclude_from_cpu_offload = ["adapter"]
 
-    def _register_correction(self, adapter: DiscriminativeAdapter | None, correction: dict | None) -> None:
-        correction = dict(correction or {})
+    def _register_correction(
+        self, adapter: DiscriminativeAdapter | None, correction: dict | None, layout: dict | None = None
+    ) -> None:
+        correction, layout = dict(correction or {}), dict(layout or {})
         if adapter is not None:
             if not isinstance(adapter, DiscriminativeAdapter):
                 raise ValueError(f"`adapter` is a {type(adapter).__name__}; pass a DiscriminativeAdapter or None.")
             adapter.check_pipeline(self)
             SelfCorrection(adapter, [""], **correction)  # check the settings now, not at the first call
+        if layout:
+            self._layout_term([""], layout)  # check the settings now
         self.register_modules(adapter=adapter)
-        self.register_to_config(correction=correction)
+        self.register_to_config(correction=correction, layout=layout or None)
 
-    def __call__(self, prompt=None, *args, correction_scale: float | None = None, **kwargs):
-        """The base pipeline's call, sampled with `SelfCorrection` by `self.adapter` toward `prompt`.
+    def _layout_term(self, prompts: list[str], layout: dict) -> SelfCorrection:
+        """The layout term of `prompts`: `layout` holds `SelfCorrection`'s arguments, and `positions` (`LayoutScorer`'s;
+        False: pairwise relations only)."""
+        settings = {k: v for k, v in layout.items() if k != "positions"}
+        scorer = LayoutScorer(self, prompts, positions=layout.get("positions", True))
+        return SelfCorrection(scorer, prompts, **settings)
+
+    def _settings(self, correction_scale, layout_scale) -> tuple[dict | None, dict | None]:
+        """The settings of the call's two terms, the adapter's correction and the layout term (None: off)."""
+        correction = {**self.config.correction, **({} if correction_scale is None else {"scale": correction_scale})}
+        layout = self.config.get("layout")
+        if layout:
+            layout = {**layout, **({} if layout_scale is None else {"scale": layout_scale})}
+        correction = correction if self.adapter is not None and correction.get("scale", 1.0) != 0 else None
+        return correction, layout if layout and layout.get("scale", 1.0) != 0 else None
+
+    def __call__(
+        self, prompt=None, *args, correction_scale: float | None = None, layout_scale: float | None = None, **kwargs
+    ):
+        """The base pipeline's call, sampled with `SelfCorrection` by `self.adapter` toward `prompt`, then the layout
+        term when the pipeline has one.
 
         Args:
             prompt (`str` or `list[str]`): the prompts, as for the base pipeline (self-correction scores each latent
                 against its own prompt, so `prompt_embeds` alone cannot be corrected).
             correction_scale (`float`, *optional*): overrides the `scale` of the `correction` settings (0: off).
-            *args, **kwargs: the base pipeline's arguments. A `callback_on_step_end` runs after the correction.
+            layout_scale (`float`, *optional*): overrides the `scale` of the `layout` settings (0: off).
+            *args, **kwargs: the base pipeline's arguments. A `callback_on_step_end` runs after the corrections.
         """
-        settings = dict(self.config.correction)
-        if correction_scale is not None:
-            settings["scale"] = correction_scale
-        if self.adapter is None or settings.get("scale", 1.0) == 0:
+        correction, layout = self._settings(correction_scale, layout_scale)
+        if correction is None and layout is None:
             return super().__call__(prompt, *args, **kwargs)
         if args:
             raise ValueError("Pass the pipeline's arguments after `prompt` by name, e.g. num_inference_steps=30.")
         if prompt is None:
             raise ValueError(
                 "`prompt` is None; self-correction scores each latent against its prompt, so pass `prompt` (not only "
-                "`prompt_embeds`), or correction_scale=0."
+                "`prompt_embeds`), or correction_scale=0 (and layout_scale=0 with a layout term)."
             )
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        fix = callback = SelfCorrection(self.adapter, prompts, **settings)
-        inputs = [name for name in fix.tensor_inputs if name in self._callback_tensor_inputs]
+        terms = [SelfCorrection(self.adapter, prompts, **correction)] if correction is not None else []
+        if layout is not None:
+            terms.append(self._layout_term(prompts, layout))
+        chain = list(terms)
+        inputs = [name for name in SelfCorrection.tensor_inputs if name in self._callback_tensor_inputs]
         if kwargs.get("callback_on_step_end") is not None:
-            theirs = kwargs.pop("callback_on_step_end")
+            theirs = kwargs.pop("callback_on_step_end")  # a plain function or a PipelineCallback
             if isinstance(theirs, (PipelineCallback, MultiPipelineCallbacks)):
                 kwargs["callback_on_step_end_tensor_inputs"] = theirs.tensor_inputs
             inputs += [name for name in kwargs.pop("callback_on_step_end_tensor_inputs", []) if name not in inputs]
+            chain.append(theirs)
 
-            def callback(pipe, step_index, timestep, callback_kwargs):  # a plain function or a PipelineCallback
-                return theirs(pipe, step_index, timestep, fix(pipe, step_index, timestep, callback_kwargs))
+        def callback(pipe, step_index, timestep, callback_kwargs):
+            for step in chain:
+                callback_kwargs = step(pipe, step_index, timestep, callback_kwargs)
+            return callback_kwargs
 
         kwargs["callback_on_step_end_tensor_inputs"] = inputs
         try:
             return super().__call__(prompt=prompts, callback_on_step_end=callback, **kwargs)
         finally:
-            fix.remove()  # reuse mode's hooks, also when the run is interrupted
+            for term in terms:
+                term.remove()  # reuse and input modes' hooks, also when the run is interrupted
 
 
 class StableDiffusionSelfCorrectionPipeline(SelfCorrectionMixin, StableDiffusionPipeline):
@@ -124,12 +162,13 @@ class StableDiffusionSelfCorrectionPipeline(SelfCorrectionMixin, StableDiffusion
         requires_safety_checker: bool = True,
         adapter: DiscriminativeAdapter | None = None,
         correction: dict | None = None,
+        layout: dict | None = None,
     ):
         super().__init__(
             vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor, image_encoder,
             requires_safety_checker,
         )  # fmt: skip
-        self._register_correction(adapter, correction)
+        self._register_correction(adapter, correction, layout)
 
 
 class StableDiffusionXLSelfCorrectionPipeline(SelfCorrectionMixin, StableDiffusionXLPipeline):
@@ -152,12 +191,13 @@ class StableDiffusionXLSelfCorrectionPipeline(SelfCorrectionMixin, StableDiffusi
         add_watermarker: bool | None = None,
         adapter: DiscriminativeAdapter | None = None,
         correction: dict | None = None,
+        layout: dict | None = None,
     ):
         super().__init__(
             vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, image_encoder,
             feature_extractor, force_zeros_for_empty_prompt, add_watermarker,
         )  # fmt: skip
-        self._register_correction(adapter, correction)
+        self._register_correction(adapter, correction, layout)
 
 
 class SelfCorrectingPipeline:

@@ -12,6 +12,9 @@ The recorder then runs the two halves as two UNet calls, the unconditional one w
 memory and the backward cover only the conditional half (a batched pass would make the backward cross both).
 Every tensor argument whose first dimension is the doubled batch (timesteps, text embeddings, SDXL's added
 conditioning, ControlNet residuals) is split the same way.
+
+Only passes made without gradients, as the sampler's loop makes them, are recorded: a UNet call with gradients on
+(another correction term's, e.g. `scorers.LayoutScorer` after the recorded step) goes through untouched.
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ class UNetPassRecorder:
         self.probe.remove()
 
     def _forward(self, sample, *args, **kwargs):
+        if torch.is_grad_enabled():  # not the sampler's pass (its loop runs under no_grad): another term's, untouched
+            return self._inner(sample, *args, **kwargs)
         n = sample.shape[0]
         if self.batch is None or n != 2 * self.batch:
             return self._record(sample, *args, **kwargs)

@@ -1,9 +1,10 @@
 """The rows `discadapt demo` adds to the base pipeline's, from whatever bundled models exist.
 
 - Methods (`run_demo(methods=...)`): self-correction with the stage-1 adapter (bundle "adapter"), plain and
-  low-overhead ("reuse") modes; the stage-2 tuned pipeline (bundle "lora", fused), alone and with self-correction
-  by its own adapter (bundle "tuned_adapter"); the interaction loop's enhanced pipeline (bundle "interaction", its
-  rounds fused). Every row draws the same prompts with the same seeds as the base row.
+  low-overhead ("reuse") modes; the stage-2 tuned pipeline (bundle "lora", fused), alone, with self-correction by
+  its own adapter (bundle "tuned_adapter"), and with the layout term after it (`LAYOUT`); the interaction loop's
+  enhanced pipeline (bundle "interaction", its rounds fused). Every row draws the same prompts with the same seeds
+  as the base row.
 - Tables (`run_demo(extra_tables=...)`): image-text matching against hard negatives on rendered held-out scenes
   (`probing.hard_negative_table`) for the world CLIP (bundle "clip"), the denoising error of the base and tuned
   pipelines (DiffusionITM, 10 timesteps) and the adapters; and the adapters' image-side ITM and REC accuracy on
@@ -26,6 +27,7 @@ __all__ = [
     "ADAPTER_ITEMS",
     "ADAPTER_T",
     "CORRECTION",
+    "LAYOUT",
     "TUNED_CORRECTION",
     "PROBING_EXAMPLES",
     "SCORE_BATCH",
@@ -44,6 +46,9 @@ ADAPTER_T = 250  # timestep at which the adapter scores rendered scenes (its eva
 CORRECTION = {"scale": 0.5, "stop": 0.6, "normalize": "unit"}  # self-correction settings of the demo rows
 # on the tuned model (chosen on train-split prompts, issue 12): every second step of the window, twice the step
 TUNED_CORRECTION = {**CORRECTION, "scale": 1.0, "every": 2}
+# the layout term (issue 12, hypothesis 3; chosen on train-split prompts): the phrases of a pairwise relation moved
+# toward their planned halves at every step of the schedule's 20-60%, after the reuse correction
+LAYOUT = {"scale": 1.0, "start": 0.2, "stop": 0.6, "normalize": "unit", "positions": False}
 SCORE_BATCH = 256  # pairs per UNet call of the probing scorers
 
 
@@ -118,10 +123,15 @@ def correction_methods(pipe, adapter, steps: int, guidance: float = GUIDANCE, pr
 
 def tuned_methods(tuned, adapter=None, steps: int = 25, guidance: float = GUIDANCE) -> dict:
     """Demo rows of the tuned pipeline `tuned` (LoRA fused): `tuned`, and with an adapter also
-    `tuned + self-correction (plain)` and `(reuse)` (`TUNED_CORRECTION`)."""
+    `tuned + self-correction (plain)` and `(reuse)` (`TUNED_CORRECTION`), and `(reuse) + layout` (`LAYOUT`)."""
+    from ...sampling import SelfCorrectingPipeline
+
     rows = {"tuned": pipeline_method(tuned, steps, guidance)}
     if adapter is not None:
         rows.update(correction_methods(tuned, adapter, steps, guidance, prefix="tuned + ", **TUNED_CORRECTION))
+        correction = {**TUNED_CORRECTION, "mode": "reuse"}
+        laid = SelfCorrectingPipeline.from_pipe(tuned, adapter=adapter, correction=correction, layout=LAYOUT)
+        rows["tuned + self-correction (reuse) + layout"] = pipeline_method(laid, steps, guidance)
     return rows
 
 

@@ -36,3 +36,16 @@ def held_out_suite(args: argparse.Namespace):
 def multi_mean(found: dict) -> float:
     """The mean accuracy over the multi-object categories of one method's `run_suite` results."""
     return sum(found["categories"][c]["accuracy"] for c in MULTI) / len(MULTI)
+
+
+def held_out_summary(found: dict) -> dict:
+    """Per method of a held-out `run_suite` result: its multi-object mean, its paired difference to base (all
+    categories pooled) and its time ratio."""
+    return {
+        name: {
+            "multi_mean": multi_mean(m),
+            "difference_to_base": m.get("difference_to_base", {}).get("all"),
+            "time_ratio": m["time_ratio"],
+        }
+        for name, m in found["methods"].items()
+    }

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import set_threads  # noqa: E402
-from _protocol import STEPS, add_arguments, held_out_suite, multi_mean, train_suite  # noqa: E402
+from _protocol import STEPS, add_arguments, held_out_suite, held_out_summary, multi_mean, train_suite  # noqa: E402
 
 from discadapt.bench import pipeline_method, run_suite  # noqa: E402
 from discadapt.sampling import SelfCorrectingPipeline  # noqa: E402
@@ -98,11 +98,7 @@ def main(argv=None) -> int:
     if args.held_out:
         found = run_suite(held_out_suite(args), methods(base, reference, {best: settings[best]}),
                           out / "held-out", progress=False)  # fmt: skip
-        summary["held_out"] = {
-            name: {"multi_mean": multi_mean(m), "difference_to_base": m.get("difference_to_base", {}).get("all"),
-                   "time_ratio": m["time_ratio"]}
-            for name, m in found["methods"].items()
-        }  # fmt: skip
+        summary["held_out"] = held_out_summary(found)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return 0
 

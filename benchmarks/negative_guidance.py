@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import set_threads  # noqa: E402
-from _protocol import STEPS, add_arguments, held_out_suite, multi_mean, train_suite  # noqa: E402
+from _protocol import STEPS, add_arguments, held_out_suite, held_out_summary, multi_mean, train_suite  # noqa: E402
 
 from discadapt.bench import pipeline_method, run_suite  # noqa: E402
 from discadapt.bench.methods import hard_negative_method  # noqa: E402
@@ -101,11 +101,7 @@ def main(argv=None) -> int:
     if args.held_out:
         held = held_out_suite(args)
         found = run_suite(held, methods(pipe, {best: grid[best]}), out / "held-out", progress=False)
-        summary["held_out"] = {
-            name: {"multi_mean": multi_mean(m), "difference_to_base": m.get("difference_to_base", {}).get("all"),
-                   "time_ratio": m["time_ratio"]}
-            for name, m in found["methods"].items()
-        }  # fmt: skip
+        summary["held_out"] = held_out_summary(found)
         print(json.dumps(summary["held_out"], indent=1))
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return 0

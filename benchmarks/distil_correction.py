@@ -5,8 +5,9 @@ row gains what the correction gains at the base pipeline's cost.
    first `--skip` of each category), and every counting caption (the split has only 43, all of them also in the
    choosing prompts: the only overlap, with other seeds). No demo prompt is ever used.
 2. The bundled tuned model (the stage-2 LoRA fused) samples each prompt `--seeds` times with its self-correction
-   (`tuned_adapter`, `rows.TUNED_CORRECTION`, reuse mode, as the demo's tuned row); every step is recorded
-   (OUT/trajectories, written once).
+   (`tuned_adapter`, `rows.TUNED_CORRECTION`, reuse mode, as the demo's tuned row; `--teacher layout`: the layout
+   term alone, `rows.LAYOUT`; `--teacher both`: the correction, then the layout term, as the demo's layout row);
+   every step is recorded (OUT/trajectories, written once).
 3. A LoRA on the tuned UNet learns to take the corrected steps itself (OUT/lora-lrLR-rRANK or OUT/NAME,
    resumable; runs of other settings share the recorded steps).
 
@@ -24,6 +25,8 @@ import json
 import sys
 from pathlib import Path
 
+from diffusers.callbacks import MultiPipelineCallbacks
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import log, set_threads  # noqa: E402
 from _protocol import MULTI, STEPS  # noqa: E402
@@ -32,7 +35,8 @@ from augment_shapes import train_prompts  # noqa: E402
 from discadapt.interaction import EnhanceConfig  # noqa: E402
 from discadapt.interaction.distil import Trajectories, distil_correction, record_trajectories  # noqa: E402
 from discadapt.sampling import SelfCorrection  # noqa: E402
-from discadapt.worlds.shapes.rows import GUIDANCE, TUNED_CORRECTION, bundled_tuned  # noqa: E402
+from discadapt.scorers import LayoutScorer  # noqa: E402
+from discadapt.worlds.shapes.rows import GUIDANCE, LAYOUT, TUNED_CORRECTION, bundled_tuned  # noqa: E402
 
 
 def distil_prompts(skip: int, per_category: int) -> dict[str, str]:
@@ -50,12 +54,30 @@ def distil_prompts(skip: int, per_category: int) -> dict[str, str]:
     return chosen
 
 
+def teacher(kind: str, pipe, adapter):
+    """`prompts of a batch -> step-end callback`: the tuned model's correction, the layout term, or both in turn."""
+    correction = {**TUNED_CORRECTION, "mode": "reuse"}
+    layout = {k: v for k, v in LAYOUT.items() if k != "positions"}
+
+    def make(batch):
+        terms = []
+        if kind in ("correction", "both"):
+            terms.append(SelfCorrection(adapter, batch, **correction))
+        if kind in ("layout", "both"):
+            scorer = LayoutScorer(pipe, batch, positions=LAYOUT.get("positions", True))
+            terms.append(SelfCorrection(scorer, batch, **layout))
+        return terms[0] if len(terms) == 1 else MultiPipelineCallbacks(terms)
+
+    return make
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--skip", type=int, default=120, help="first captions per category left to the choosing prompts")
     p.add_argument("--prompts-per-category", type=int, default=200)
     p.add_argument("--seeds", type=int, default=4, help="corrected images recorded per prompt")
+    p.add_argument("--teacher", choices=["correction", "layout", "both"], default="correction")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -75,9 +97,7 @@ def main(argv=None) -> int:
     if (folder / "trajectories.safetensors").is_file():
         data = Trajectories.load(folder)
     else:
-        settings = {**TUNED_CORRECTION, "mode": "reuse"}
-        correction = lambda batch: SelfCorrection(adapter, batch, **settings)  # noqa: E731
-        data = record_trajectories(tuned, list(prompts), correction, seeds=range(args.seeds),
+        data = record_trajectories(tuned, list(prompts), teacher(args.teacher, tuned, adapter), seeds=range(args.seeds),
                                    num_inference_steps=STEPS, guidance_scale=GUIDANCE)  # fmt: skip
         data.save(folder)
     corrected = int((data.shift.flatten(1).abs().sum(1) > 0).sum())

@@ -60,6 +60,24 @@ def test_the_recorded_shift_replays_the_correction_exactly():
     torch.testing.assert_close(replayed, corrected, atol=1e-5, rtol=1e-5)
 
 
+def test_the_corrections_own_unet_calls_are_not_recorded():
+    """A correction that runs the UNet itself (a layout term) records what one that does not records."""
+
+    class Probing(Nudge):
+        def __call__(self, pipe, step_index, timestep, kwargs):
+            latents = kwargs["latents"]
+            get_unet(pipe)(latents[:1], timestep, torch.zeros(1, 77, 32))  # one more call, of another batch size
+            return super().__call__(pipe, step_index, timestep, kwargs)
+
+    pipe = tiny_sd_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    options = dict(num_inference_steps=5, guidance_scale=3.0, progress=False)
+    plain = record_trajectories(pipe, PROMPTS, lambda batch: Nudge(), **options)
+    probing = record_trajectories(pipe, PROMPTS, lambda batch: Probing(), **options)
+    for field in ("sample", "uncond", "cond", "shift"):
+        torch.testing.assert_close(getattr(probing, field), getattr(plain, field))
+
+
 def test_the_ddim_coefficient_is_the_steps_slope_and_other_schedulers_are_refused():
     pipe = tiny_sd_pipeline()
     scheduler = pipe.scheduler

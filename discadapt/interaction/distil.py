@@ -139,12 +139,13 @@ class _Recorder:
 
     def __call__(self, pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
         before = callback_kwargs["latents"].detach().float().cpu()
+        calls, self.calls = self.calls, []  # the sampler's own calls; the correction's (e.g. a layout term's) are not
         if self.correction is not None:
             callback_kwargs = self.correction(pipe, step_index, timestep, callback_kwargs)
-        delta = callback_kwargs["latents"].detach().float().cpu() - before
-        inputs = torch.cat([c[0] for c in self.calls])
-        outputs = torch.cat([c[1] for c in self.calls])
         self.calls.clear()
+        delta = callback_kwargs["latents"].detach().float().cpu() - before
+        inputs = torch.cat([c[0] for c in calls])
+        outputs = torch.cat([c[1] for c in calls])
         batch = before.shape[0]
         if len(outputs) != 2 * batch:
             raise ValueError(

@@ -25,6 +25,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from diffusers.callbacks import MultiPipelineCallbacks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,6 +79,10 @@ def main(argv=None) -> int:
     p.add_argument("--prompts-per-category", type=int, default=200)
     p.add_argument("--seeds", type=int, default=4, help="corrected images recorded per prompt")
     p.add_argument("--teacher", choices=["correction", "layout", "both"], default="correction")
+    p.add_argument(
+        "--moved-prompts-only", action="store_true",
+        help="learn only from the prompts the teacher moved (every step of them), not from those it left alone",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -100,8 +105,12 @@ def main(argv=None) -> int:
         data = record_trajectories(tuned, list(prompts), teacher(args.teacher, tuned, adapter), seeds=range(args.seeds),
                                    num_inference_steps=STEPS, guidance_scale=GUIDANCE)  # fmt: skip
         data.save(folder)
-    corrected = int((data.shift.flatten(1).abs().sum(1) > 0).sum())
+    moved = data.shift.flatten(1).abs().sum(1) > 0
+    corrected = int(moved.sum())
     log(f"{len(data)} steps recorded, {corrected} of them corrected")
+    if args.moved_prompts_only:
+        data = data.subset(torch.isin(data.prompt_ids, data.prompt_ids[moved]))
+        log(f"learning from the {len(data)} steps of the prompts it moved")
     config = EnhanceConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora_rank=args.lora_rank,
                            lora_alpha=float(args.lora_rank), lora_targets=tuple(args.lora_targets),
                            checkpoint_every=250)  # fmt: skip

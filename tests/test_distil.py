@@ -58,6 +58,9 @@ def test_the_recorded_shift_replays_the_correction_exactly():
     replayed = _latents(pipe, hook=replay)
     assert (corrected - uncorrected).abs().max() > 0.1
     torch.testing.assert_close(replayed, corrected, atol=1e-5, rtol=1e-5)
+    rows = data.subset(moved)  # the corrected rows alone, prompts and guidance kept
+    assert len(rows) == 2 and torch.equal(rows.shift, data.shift[moved]) and rows.prompts == data.prompts
+    assert rows.guidance_scale == data.guidance_scale and rows.prompt_ids.tolist() == [0, 1]
 
 
 def test_the_corrections_own_unet_calls_are_not_recorded():

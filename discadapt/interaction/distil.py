@@ -74,6 +74,10 @@ class Trajectories:
     def __len__(self) -> int:
         return len(self.timestep)
 
+    def subset(self, index: torch.Tensor) -> Trajectories:
+        """The rows `index` (a boolean mask or row indices), the prompts and guidance kept."""
+        return dataclasses.replace(self, **{k: getattr(self, k)[index] for k in _FIELDS})
+
     def save(self, folder: str | os.PathLike) -> None:
         from safetensors.torch import save_file
 

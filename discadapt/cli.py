@@ -70,13 +70,22 @@ def generate(args) -> int:
             f"The correction window is --correction-start {args.correction_start}, --correction-stop "
             f"{args.correction_stop}; pass 0 <= start <= stop <= 1."
         )
+    if not 0 <= args.layout_start <= args.layout_stop <= 1:
+        raise ValueError(
+            f"The layout term's window is --layout-start {args.layout_start}, --layout-stop {args.layout_stop}; "
+            "pass 0 <= start <= stop <= 1."
+        )
     prompts = load_prompts(args.prompts)
-    # 2. the pipeline, its LoRA and adapter
+    # 2. the pipeline, its LoRA and adapter, the layout term
     pipe = pipeline_from_args(args)
     if args.lora:
         load_lora(pipe, args.lora, "--lora")
     pipe = pipe.to(args.device)
     pipe.set_progress_bar_config(disable=True)
+    adapter, correction, layout = None, None, None
+    if args.layout_scale:
+        layout = {"scale": args.layout_scale, "start": args.layout_start, "stop": args.layout_stop,
+                  "normalize": "unit", "positions": not args.layout_pairs_only}  # fmt: skip
     if args.adapter:
         adapter = DiscriminativeAdapter.from_pretrained(args.adapter).to(args.device)
         correction = dict(
@@ -87,7 +96,8 @@ def generate(args) -> int:
             normalize=args.correction_normalize,
             every=args.correction_every,
         )
-        pipe = SelfCorrectingPipeline.from_pipe(pipe, adapter=adapter, correction=correction)
+    if adapter is not None or layout is not None:
+        pipe = SelfCorrectingPipeline.from_pipe(pipe, adapter=adapter, correction=correction, layout=layout)
     # 3. the images, resumably: a folder of other settings is refused (`generate_to_folder`)
     absolute = lambda path: path and os.path.abspath(path)  # noqa: E731  (a rerun may name them otherwise)
     source = absolute(args.pipeline) or next(n for n in ("tiny", *registry().sources) if getattr(args, n, False))
@@ -131,6 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--correction-normalize", choices=["none", "unit", "clip"], default="none")
     g.add_argument(
         "--correction-every", type=int_at_least(1), default=1, help="correct every N-th step of the window (default 1)"
+    )
+    g.add_argument(
+        "--layout-scale", type=number_at_least(0), default=0.0,
+        help="the layout term's step size (0: off): spatial prompts' phrases steered to their halves of the image",
+    )  # fmt: skip
+    g.add_argument("--layout-start", type=float, default=0.2, help="the layout term's window start (default 0.2)")
+    g.add_argument("--layout-stop", type=float, default=0.6, help="the layout term's window stop (default 0.6)")
+    g.add_argument(
+        "--layout-pairs-only", action="store_true", help="leave one phrase's position ('A on the left') alone"
     )
     g.add_argument("--steps", type=int_at_least(1), default=30, help="denoising steps")
     g.add_argument(

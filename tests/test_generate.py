@@ -216,6 +216,13 @@ def test_cli_generate(pipe, adapter, tmp_path, capsys):
           "--correction-every", "2"]  # fmt: skip
     assert main([*common, *on, "--out", str(tmp_path / "on")]) == 0
     assert main([*common, "--lora", str(tmp_path / "lora"), "--out", str(tmp_path / "lora_out")]) == 0
+    laid = ["--layout-scale", "2", "--layout-start", "0", "--layout-stop", "1"]
+    assert main([*common, *laid, "--out", str(tmp_path / "laid")]) == 0  # the layout term alone: no adapter
+    manifest = json.loads((tmp_path / "laid" / "manifest.json").read_text())
+    assert manifest["settings"]["layout"] == {"scale": 2.0, "start": 0.0, "stop": 1.0, "normalize": "unit",
+                                              "positions": True}  # fmt: skip
+    # these prompts have no relation: the term leaves their images as they are
+    assert all(np.array_equal(_images(tmp_path / "plain")[k], v) for k, v in _images(tmp_path / "laid").items())
     plain, off_images = _images(tmp_path / "plain"), _images(tmp_path / "off")
     assert list(plain) == ["00000-0.png", "00001-0.png"]
     assert all(np.array_equal(plain[k], off_images[k]) for k in plain)
@@ -228,6 +235,10 @@ def test_cli_generate_errors(tmp_path, capsys):
     base = ["generate", "--tiny", "--out", str(tmp_path / "out")]
     assert main([*base, "--prompts", str(tmp_path / "prompts.txt"), "--correction-scale", "1"]) == 2
     assert "needs both --adapter DIR and --correction-scale X" in capsys.readouterr().err
+    assert (
+        main([*base, "--prompts", str(tmp_path / "prompts.txt"), "--layout-scale", "1", "--layout-start", "0.7"]) == 2
+    )
+    assert "--layout-start 0.7, --layout-stop 0.6" in capsys.readouterr().err
     assert main([*base, "--prompts", str(tmp_path / "missing.txt")]) == 2
     assert "missing.txt" in capsys.readouterr().err
 

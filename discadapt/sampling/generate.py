@@ -82,17 +82,21 @@ def _check_arguments(prompts, images_per_prompt, batch_size, pipe_kwargs) -> Non
 
 def _settings(pipe, seed: int, images_per_prompt: int, pipe_kwargs: dict, settings) -> dict:
     """What must match for a folder to be continued (JSON-ready): the seed, images per prompt, the pipeline's
-    arguments, a self-correcting pipeline's `correction` settings and the caller's `settings`. (Which weights a
-    pipeline object holds is not known here: the caller names them in `settings`, as `discadapt generate` does.)"""
+    arguments, a self-correcting pipeline's `correction` and `layout` settings and the caller's `settings`. (Which
+    weights a pipeline object holds is not known here: the caller names them in `settings`, as `discadapt generate`
+    does.)"""
     found = {
         "seed": seed,
         "images_per_prompt": images_per_prompt,
         "pipe_kwargs": pipe_kwargs,
         **dict(settings or {}),
     }
-    correction = getattr(getattr(pipe, "config", None), "correction", None)
+    config = getattr(pipe, "config", None)
+    correction = getattr(config, "correction", None)
     if correction is not None and getattr(pipe, "adapter", None) is not None:
         found["correction"] = dict(correction)
+    if getattr(config, "layout", None):
+        found["layout"] = dict(config.layout)
     return json.loads(json.dumps(found, default=repr))
 
 

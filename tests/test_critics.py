@@ -43,6 +43,8 @@ def test_plan_layout_reads_generic_relation_words():
         "a red circle below a blue square": [(bottom, "a red circle"), (top, "a blue square")],
         "the circle on the left": [(left, "the circle")],
         "a boat at the bottom of the image": [(bottom, "a boat")],
+        "a cat on the top of a sofa": [(top, "a cat"), (bottom, "a sofa")],  # T2I-CompBench's wording
+        "a bicycle on the bottom of a girl": [(bottom, "a bicycle"), (top, "a girl")],
         "a cat next to a dog": [],
         "a red pullover": [],
         "left of a dog": [],

@@ -4,8 +4,9 @@ Pairwise relations ("A RELATION B"), the first one in the prompt, with optional 
 
     left of    "left of", "to/on/at the left (side) of"        A on the left half,   B on the right half
     right of   "right of", "to/on/at the right (side) of"      A on the right half,  B on the left half
-    above      "above", "over", "on top of"                     A on the top half,    B on the bottom half
-    below      "below", "under", "underneath", "beneath"        A on the bottom half, B on the top half
+    above      "above", "over", "on (the) top of"               A on the top half,    B on the bottom half
+    below      "below", "under", "underneath", "beneath",       A on the bottom half, B on the top half
+               "on (the) bottom of"
 
 Positions of one phrase at the end of the prompt ("A on the left", "A at the top (of the image)"): A on that half.
 Other prompts ("next to", "behind", no relation) have no layout. Image coordinates: x to the right, y down, boxes
@@ -45,8 +46,8 @@ _PAIRWISE = re.compile(
     r"\s(?:(?:is|are)\s+)?(?:"
     r"(?P<left>(?:(?:to|on|at)\s+the\s+)?left\s+(?:(?:hand\s+)?side\s+)?of)|"
     r"(?P<right>(?:(?:to|on|at)\s+the\s+)?right\s+(?:(?:hand\s+)?side\s+)?of)|"
-    r"(?P<above>on\s+top\s+of|above|over)|"
-    r"(?P<below>underneath|beneath|below|under)"
+    r"(?P<above>(?:on|at)\s+(?:the\s+)?top\s+of|above|over)|"
+    r"(?P<below>(?:on|at)\s+(?:the\s+)?bottom\s+of|underneath|beneath|below|under)"
     r")\s",
     re.IGNORECASE,
 )
@@ -55,6 +56,7 @@ _POSITION = re.compile(
     r"(?:\s+of\s+the\s+(?:image|picture|photo|scene|frame))?$",
     re.IGNORECASE,
 )
+_FRAME = re.compile(r"the\s+(?:image|picture|photo|scene|frame)", re.IGNORECASE)
 _GROUPS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
 
 
@@ -87,7 +89,7 @@ def parse_relation(prompt: str) -> Relation | None:
     match = _PAIRWISE.search(text)
     if match:
         first, second = text[: match.start()].strip(" ,"), text[match.end() :].strip(" ,")
-        if first and second:
+        if first and second and not _FRAME.fullmatch(second):  # "at the bottom of the image" is a position
             return Relation(first, _GROUPS[match.lastgroup], second)
     match = _POSITION.search(text)
     if match and text[: match.start()].strip(" ,"):

@@ -1,16 +1,17 @@
 """Issue 12, hypothesis 3: a layout term for self-correction. Spatial prompts ("A left of B") are where every
 correction by the adapter's ITM score failed: the ITM score hardly sees relations (.31-.39 against hard negatives).
 The pipeline's own noise prediction does: where a phrase changes it (`scoring.influence_layout`) tells the phrase's
-side of the image on rendered scenes 0.88 / 0.70 / 0.64 of the time at t = 250 / 500 / 700 against the swapped
-relation (`layout_probe.py`). The layout term moves the latent along the gradient of that influence's share inside
-the phrase's planned half (`scorers.LayoutScorer`, `plan_layout`): the `layout` term of the self-correcting
-pipelines, a second `SelfCorrection` in plain mode after the reference's own correction. Prompts without a relation
-score 0 and are left as they are, bit for bit.
+side of the image on rendered scenes .875 / .730 / .585 of the time at t = 250 / 500 / 700 against the swapped
+relation (`layout_probe.py`, 200 train-split scenes). The layout term moves the latent along the gradient of that
+influence's share inside the phrase's planned half (`scorers.LayoutScorer`, `plan_layout`): the `layout` term of the
+self-correcting pipelines, a second `SelfCorrection` in plain mode after the reference's own correction. Prompts
+without a relation score 0 and are left as they are, bit for bit.
 
 1. Sweep on *train-split* prompts (as `correction_modes.py`): base, the reference (with `--tuned`, the bundled tuned
    pipeline with the demo's correction, `rows.TUNED_CORRECTION` by its `tuned_adapter`; else the base pipeline
-   uncorrected), and the reference plus the layout term at each scale and window (unit-normalised gradient, every
-   `--every`-th step). The best is chosen on the multi-object mean.
+   uncorrected; `--tuned --uncorrected`: the tuned pipeline uncorrected), and the reference plus the layout term at
+   each scale, window and `--every` (unit-normalised gradient; `--pairs-only`: one phrase's position, "the circle on
+   the left", left alone). The best is chosen on the multi-object mean.
 2. With `--held-out`: the demo's held-out prompts, base, the reference and the chosen setting, paired to base.
 
     python benchmarks/layout_correction.py --tuned --out runs/layout-correction --prompts-per-category 120 \\

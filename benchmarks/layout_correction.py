@@ -1,5 +1,5 @@
 """Issue 12, hypothesis 3: a layout term for self-correction. Spatial prompts ("A left of B") are where every
-correction by the adapter's ITM score failed: the ITM score hardly sees relations (.31-.39 against hard negatives).
+correction by the adapter's ITM score failed: the ITM score hardly sees relations (.30-.36 against hard negatives).
 The pipeline's own noise prediction does: where a phrase changes it (`scoring.influence_layout`) tells the phrase's
 side of the image on rendered scenes .875 / .730 / .585 of the time at t = 250 / 500 / 700 against the swapped
 relation (`layout_probe.py`, 200 train-split scenes). The layout term moves the latent along the gradient of that

@@ -155,8 +155,8 @@ class LayoutScorer:
     The layout of a prompt is planned from its words (`plan_layout`, by default
     `interaction.critics.layout.plan_layout`: "A left of B" puts A on the left half and B on the right); a prompt
     without one scores 0 and costs nothing. Latents are scored against the `prompts` the scorer was made for, as
-    `sampling.SelfCorrection` orders them (`num_images_per_prompt` consecutive latents per prompt); images, against
-    the prompts given, noised once at `t`.
+    `sampling.SelfCorrection` orders them (`num_images_per_prompt` consecutive latents per prompt); images (or their
+    VAE latents), against the prompts given, noised once at `t`.
 
     Args:
         pipe: the diffusers pipeline whose UNet is read.
@@ -191,8 +191,12 @@ class LayoutScorer:
         return regions if self.positions or len(regions) > 1 else []
 
     def score(self, images_or_latents, prompts: Sequence[str]) -> torch.Tensor:
+        unet, x = get_unet(self.pipe), as_pixels(images_or_latents)
         with torch.no_grad():
-            x0 = encode_images(self.pipe, as_pixels(images_or_latents))
+            if isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] == unet.config.in_channels != 3:
+                x0 = x.to(device=unet.device, dtype=unet.dtype)  # latents already
+            else:
+                x0 = encode_images(self.pipe, x)
             noise = torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(0)).to(x0)  # one draw for all
             t = torch.full((len(x0),), self.t, device=x0.device)
             xt = add_noise(self.pipe.scheduler.alphas_cumprod, x0, noise.expand_as(x0), t)

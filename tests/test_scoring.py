@@ -305,6 +305,7 @@ def test_layout_scorer_plans_from_prompts(sd_pipe):
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     scores = scorer.score(images, prompts)
     assert scores.shape == (2,) and scores[0] > 0 and scores[1] == 0
+    torch.testing.assert_close(scorer.score(encode_images(sd_pipe, images), prompts), scores)  # latents score alike
     # positions=False: one phrase's position ("A on the left") is left alone, pairwise relations are scored
     pairs = LayoutScorer(sd_pipe, ["a cat on the left", prompts[0]], positions=False)
     assert pairs.layouts == [[], plan_layout(prompts[0])] and LayoutScorer(sd_pipe, ["a cat on the left"]).layouts[0]

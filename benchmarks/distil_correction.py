@@ -35,8 +35,7 @@ from augment_shapes import train_prompts  # noqa: E402
 
 from discadapt.interaction import EnhanceConfig  # noqa: E402
 from discadapt.interaction.distil import Trajectories, distil_correction, record_trajectories  # noqa: E402
-from discadapt.sampling import SelfCorrection  # noqa: E402
-from discadapt.scorers import LayoutScorer  # noqa: E402
+from discadapt.sampling import SelfCorrection, layout_term  # noqa: E402
 from discadapt.worlds.shapes.rows import GUIDANCE, LAYOUT, TUNED_CORRECTION, bundled_tuned  # noqa: E402
 
 
@@ -58,15 +57,13 @@ def distil_prompts(skip: int, per_category: int) -> dict[str, str]:
 def teacher(kind: str, pipe, adapter):
     """`prompts of a batch -> step-end callback`: the tuned model's correction, the layout term, or both in turn."""
     correction = {**TUNED_CORRECTION, "mode": "reuse"}
-    layout = {k: v for k, v in LAYOUT.items() if k != "positions"}
 
     def make(batch):
         terms = []
         if kind in ("correction", "both"):
             terms.append(SelfCorrection(adapter, batch, **correction))
         if kind in ("layout", "both"):
-            scorer = LayoutScorer(pipe, batch, positions=LAYOUT.get("positions", True))
-            terms.append(SelfCorrection(scorer, batch, **layout))
+            terms.append(layout_term(pipe, batch, **LAYOUT))
         return terms[0] if len(terms) == 1 else MultiPipelineCallbacks(terms)
 
     return make

@@ -36,7 +36,7 @@ import torch
 
 from .adapter import DiscriminativeAdapter
 from .probe import FeatureProbe
-from .scoring import adapter_itm_logits, add_noise, denoising_score, encode_images, influence_layout, itm_score
+from .scoring import _latents, _noise, adapter_itm_logits, add_noise, denoising_score, influence_layout, itm_score
 from .text import TextEmbeddings, get_unet
 
 __all__ = [
@@ -191,13 +191,9 @@ class LayoutScorer:
         return regions if self.positions or len(regions) > 1 else []
 
     def score(self, images_or_latents, prompts: Sequence[str]) -> torch.Tensor:
-        unet, x = get_unet(self.pipe), as_pixels(images_or_latents)
         with torch.no_grad():
-            if isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] == unet.config.in_channels != 3:
-                x0 = x.to(device=unet.device, dtype=unet.dtype)  # latents already
-            else:
-                x0 = encode_images(self.pipe, x)
-            noise = torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(0)).to(x0)  # one draw for all
+            x0 = _latents(self.pipe, as_pixels(images_or_latents))  # images encoded; latents as they are
+            noise = _noise(x0, 1, None, seed=0)[0]  # one draw for all
             t = torch.full((len(x0),), self.t, device=x0.device)
             xt = add_noise(self.pipe.scheduler.alphas_cumprod, x0, noise.expand_as(x0), t)
             return influence_layout(self.pipe, xt, t, [self.plan(p) for p in prompts], self.feather).float().cpu()

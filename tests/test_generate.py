@@ -109,6 +109,12 @@ def test_self_correcting_pipeline_with_a_layout_term(pipe, adapter, tmp_path):
     assert back.config.layout == layout and torch.equal(run(back), moved)
     with pytest.raises(ValueError, match="mode='reuse' reads the sampler's one UNet pass"):
         SelfCorrectingPipeline.from_pipe(pipe, layout={"mode": "reuse"})
+    # `layout_term` builds the term from the setting: `positions` goes to the scorer, the rest to SelfCorrection
+    from discadapt.sampling import layout_term
+
+    pairs = layout_term(pipe, ["a cat on the left", prompts[1]], positions=False, scale=0.5, stop=0.6)
+    assert pairs.scorer.layouts[0] == [] and len(pairs.scorer.layouts[1]) == 2
+    assert pairs.config.scale == 0.5 and pairs.config.stop == 0.6 and pairs.config.mode == "plain"
 
 
 def test_self_correcting_sdxl_pipeline():

@@ -8,7 +8,7 @@ from .pipeline import (
     StableDiffusionXLSelfCorrectionPipeline,
 )
 from .regions import Region, RegionPrompts, box_mask, generate_with_regions
-from .self_correction import SCHEDULES, SelfCorrection
+from .self_correction import SCHEDULES, SelfCorrection, layout_term
 
 __all__ = [
     "SCHEDULES",
@@ -22,4 +22,5 @@ __all__ = [
     "box_mask",
     "generate_to_folder",
     "generate_with_regions",
+    "layout_term",
 ]

@@ -14,9 +14,9 @@ corrected towards its own prompt (the `prompt` of the call). Being pipelines, th
   reads them back;
 - `layout` (the `SelfCorrection` arguments of a second term, and `positions`: False leaves one phrase's position alone;
   by default no term) adds the layout term: a plain-mode `SelfCorrection` by a `scorers.LayoutScorer` of the call's
-  prompts, after the adapter's correction. It moves each phrase of a spatial prompt ("A left of B", "A on the left")
-  toward its planned half, by where the phrase changes the UNet's noise prediction; it needs no adapter, and prompts
-  without a relation are left as they are;
+  prompts (`layout_term(pipe, prompts, **layout)`), after the adapter's correction. It moves each phrase of a spatial
+  prompt ("A left of B", "A on the left") toward its planned half, by where the phrase changes the UNet's noise
+  prediction; it needs no adapter, and prompts without a relation are left as they are;
 - without an adapter and a layout term, or with `correction_scale=0` and `layout_scale=0`, a call gives the base
   pipeline's images bit for bit.
 
@@ -48,8 +48,7 @@ from transformers import (
 )
 
 from ..adapter import DiscriminativeAdapter
-from ..scorers import LayoutScorer
-from .self_correction import SelfCorrection
+from .self_correction import SelfCorrection, layout_term
 
 __all__ = [
     "SelfCorrectingPipeline",
@@ -75,16 +74,9 @@ class SelfCorrectionMixin:
             adapter.check_pipeline(self)
             SelfCorrection(adapter, [""], **correction)  # check the settings now, not at the first call
         if layout:
-            self._layout_term([""], layout)  # check the settings now
+            layout_term(self, [""], **layout)  # check the settings now
         self.register_modules(adapter=adapter)
         self.register_to_config(correction=correction, layout=layout or None)
-
-    def _layout_term(self, prompts: list[str], layout: dict) -> SelfCorrection:
-        """The layout term of `prompts`: `layout` holds `SelfCorrection`'s arguments, and `positions` (`LayoutScorer`'s;
-        False: pairwise relations only)."""
-        settings = {k: v for k, v in layout.items() if k != "positions"}
-        scorer = LayoutScorer(self, prompts, positions=layout.get("positions", True))
-        return SelfCorrection(scorer, prompts, **settings)
 
     def _settings(self, correction_scale, layout_scale) -> tuple[dict | None, dict | None]:
         """The settings of the call's two terms, the adapter's correction and the layout term (None: off)."""
@@ -121,7 +113,7 @@ class SelfCorrectionMixin:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         terms = [SelfCorrection(self.adapter, prompts, **correction)] if correction is not None else []
         if layout is not None:
-            terms.append(self._layout_term(prompts, layout))
+            terms.append(layout_term(self, prompts, **layout))
         chain = list(terms)
         inputs = [name for name in SelfCorrection.tensor_inputs if name in self._callback_tensor_inputs]
         if kwargs.get("callback_on_step_end") is not None:

@@ -51,11 +51,11 @@ import torch
 from diffusers.callbacks import PipelineCallback
 
 from ..adapter import DiscriminativeAdapter
-from ..scorers import AdapterScorer, LatentScorer
+from ..scorers import AdapterScorer, LatentScorer, LayoutScorer
 from ..text import TextEmbeddings, encode_text, get_unet
 from .recorder import UNetPassRecorder
 
-__all__ = ["MODES", "SelfCorrection", "SCHEDULES"]
+__all__ = ["MODES", "SelfCorrection", "SCHEDULES", "layout_term"]
 
 MODES = ("plain", "reuse", "input")
 
@@ -329,3 +329,10 @@ class SelfCorrection(PipelineCallback):
         if self._input_hook is not None:
             self._input_hook.remove()
             self._input_hook = None
+
+
+def layout_term(pipe, prompts: Sequence[str], positions: bool = True, **settings) -> SelfCorrection:
+    """The layout term of `prompts`: a `SelfCorrection` by a `scorers.LayoutScorer` (`positions`: False scores
+    pairwise relations only), with `settings` its arguments (`scale`, `start`, `stop`, `normalize`, ...). The form of
+    the self-correcting pipelines' `layout` setting: `layout_term(pipe, prompts, **layout)`."""
+    return SelfCorrection(LayoutScorer(pipe, prompts, positions=positions), prompts, **settings)

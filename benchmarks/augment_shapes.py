@@ -14,7 +14,8 @@
 
 `--tuned-corrected`: the loop runs on the bundled tuned model generating with its self-correction (`tuned_adapter`,
 `rows.TUNED_CORRECTION`), so each round distils the corrected images the critic picks into an enhancement LoRA of
-the tuned model (compare it uncorrected with `tuned_variants.py`: the soup's members plus `round-01/lora`).
+the tuned model (compare it uncorrected with `tuned_variants.py`: the soup's members plus `round-01/lora`); with
+`--layout` the sampler adds the layout term (`rows.LAYOUT`, the demo's layout row), whose gain is spatial relations.
 
 Resumable: run the same command again after an interruption. Writes OUT/summary.json.
 """
@@ -76,13 +77,17 @@ def make_critic(name: str, pipe):
     return EnsembleCritic([critic_from_name("world CLIP"), adapter], method="rank")
 
 
-def tuned_corrected():
-    """The bundled tuned pipeline (stage-2 LoRA fused) wrapped with its self-correction, as the demo's tuned rows."""
+def tuned_corrected(layout: bool = False):
+    """The bundled tuned pipeline (stage-2 LoRA fused) wrapped with its self-correction, as the demo's tuned rows;
+    with `layout`, the layout term after it (`rows.LAYOUT`, the demo's layout row)."""
     from discadapt.sampling import SelfCorrectingPipeline
-    from discadapt.worlds.shapes.rows import TUNED_CORRECTION, bundled_tuned
+    from discadapt.worlds.shapes.rows import LAYOUT, TUNED_CORRECTION, bundled_tuned
 
     tuned, adapter = bundled_tuned()
-    return SelfCorrectingPipeline.from_pipe(tuned, adapter=adapter, correction={**TUNED_CORRECTION, "mode": "reuse"})
+    correction = {**TUNED_CORRECTION, "mode": "reuse"}
+    return SelfCorrectingPipeline.from_pipe(
+        tuned, adapter=adapter, correction=correction, layout=LAYOUT if layout else None
+    )
 
 
 def oracle_table(out: Path, rounds: list[dict], category_of: dict[str, str]) -> dict:
@@ -123,6 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--holdout-images", type=int, default=4, help="images per held-aside prompt and model")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tuned-corrected", action="store_true", help="generate with the tuned model and its correction")
+    p.add_argument("--categories", nargs="+", choices=CATEGORIES, default=list(CATEGORIES), help="prompts' categories")
+    p.add_argument("--layout", action="store_true", help="with --tuned-corrected: the layout term after the correction")
     p.add_argument("--demo", action="store_true", help="also run the demo's held-out prompts, one row per round")
     p.add_argument("--quick-demo", action="store_true", help="the demo's small settings (a smoke test)")
     args = p.parse_args(argv)
@@ -132,8 +139,10 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     # 1. prompts; 2. the loop
-    category_of = train_prompts(args.prompts_per_category)
-    pipe = load_pipeline() if not args.tuned_corrected else tuned_corrected()
+    category_of = {k: c for k, c in train_prompts(args.prompts_per_category).items() if c in args.categories}
+    if args.layout and not args.tuned_corrected:
+        p.error("--layout adds the layout term to --tuned-corrected's sampler; pass both")
+    pipe = load_pipeline() if not args.tuned_corrected else tuned_corrected(args.layout)
     enhance = EnhanceConfig(
         steps=args.lora_steps, batch_size=args.batch_size, lr=args.lr, lora_rank=args.lora_rank,
         lora_alpha=float(args.lora_rank), objective=args.objective, dpo_beta=args.dpo_beta,

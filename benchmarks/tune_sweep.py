@@ -15,9 +15,9 @@ lane it was running training on.
     python benchmarks/tune_sweep.py --out runs/tune-sweep --adapter runs/stage1-bundled --marks 1000 2000 3000 \
         --parallel 8 [--lanes c-s0 c-s1] [--extra "--mixed-precision bf16"]
 
-`--world` is the shapes world's plug-in, registered by the installed package's entry points: on a machine where
-discadapt is only on PYTHONPATH, `pip install --no-deps -e .` first (else every lane stops with "one of the
-arguments --pipeline --tiny is required").
+`--world` (`--world-tuned` in the lanes that tune the bundled tuned model further) is the shapes world's plug-in,
+registered by the installed package's entry points: on a machine where discadapt is only on PYTHONPATH, `pip install
+--no-deps -e .` first (else every lane stops with "one of the arguments --pipeline --tiny is required").
 """
 
 from __future__ import annotations
@@ -88,11 +88,33 @@ LANES = {
     # of the steps (t below about 700) keeps three quarters of its gain, only in the first 30% none of it (the
     # windows of `tuned_variants.py`). Seeds 1-3 pair with c-s1..3
     **{f"c-t700-s{seed}": f"--denoise-timestep-range 0 700 --seed {seed}" for seed in range(1, 7)},
+    # the grounding loss on the cross-attention maps (each phrase's words attend inside its objects' boxes; the world
+    # UNet's maps are barely above a uniform map: share in the boxes .13-.23 against .13 uniform at t=100-900).
+    # Seeds 1-3 pair with c-s1..3 (the same samples, timesteps and noise; the items only gain their boxes)
+    **{f"c-g-s{seed}": f"--grounding-weight 1 --shapes-phrase-boxes --seed {seed}" for seed in range(1, 7)},
+    # on top of the bundled tuned model (`--world-tuned`: its stage-2 LoRA fused; a second LoRA learns): the grounding
+    # loss with the denoising loss only (no contrast, which the bundled update already learnt), weights 1 and 3; its
+    # control, the denoising loss alone on top; `tuned_variants.py --runs bundled+OUT/LANE/lora-K` compares them
+    **{
+        f"t-g{w}-s1": f"--world-tuned --grounding-weight {w} --shapes-phrase-boxes --contrast-weight 0 --seed 1"
+        for w in (1, 3)
+    },
+    "t-d-s1": "--world-tuned --contrast-weight 0 --seed 1",
+    # the same with the halves a spatial caption's relation plans for its phrases instead of its objects' boxes
+    # (`--shapes-phrase-boxes planned`; other captions ungrounded): the layout term's plan, knowable from the words at
+    # every noise level, where the objects' own boxes are not (the grounding of c-g-s1 took at t <= 500 only)
+    "t-gp3-s1": "--world-tuned --grounding-weight 3 --shapes-phrase-boxes planned --contrast-weight 0 --seed 1",
 }
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def lane_args(name: str) -> list[str]:
+    """`discadapt tune` options of lane `name`: the recipe's, then the lane's (`--world-tuned` replaces `--world`)."""
+    lane = shlex.split(LANES[name])
+    return [a for a in shlex.split(BASE) if a != "--world" or "--world-tuned" not in lane] + lane
 
 
 def run_lane(name: str, out: Path, marks: list[int], extra: list[str], deadline: float | None) -> list[int]:
@@ -107,7 +129,7 @@ def run_lane(name: str, out: Path, marks: list[int], extra: list[str], deadline:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             break
-        args = shlex.split(BASE) + shlex.split(LANES[name]) + extra
+        args = lane_args(name) + extra
         args += ["--out", str(folder), "--steps", str(mark)]
         if folder.is_dir():  # continue it, also a run stopped before its first checkpoint (it starts over)
             args.append("--resume")

@@ -32,7 +32,7 @@ import sys
 from .arguments import Parser, int_at_least, number_at_least, run_command
 from .bench.commands import add_commands as add_bench_commands
 from .interaction.commands import add_commands as add_augment_commands
-from .plugins import add_pipeline_arguments, pipeline_from_args, registry
+from .plugins import add_pipeline_arguments, pipeline_from_args, registry, source_name
 from .train.commands import add_commands as add_train_commands
 
 
@@ -100,7 +100,7 @@ def generate(args) -> int:
         pipe = SelfCorrectingPipeline.from_pipe(pipe, adapter=adapter, correction=correction, layout=layout)
     # 3. the images, resumably: a folder of other settings is refused (`generate_to_folder`)
     absolute = lambda path: path and os.path.abspath(path)  # noqa: E731  (a rerun may name them otherwise)
-    source = absolute(args.pipeline) or next(n for n in ("tiny", *registry().sources) if getattr(args, n, False))
+    source = absolute(args.pipeline) or source_name(args)
     records = generate_to_folder(
         pipe,
         prompts,

@@ -26,8 +26,8 @@ imports `discadapt.worlds` (a test walks the imports).
 
 Example:
     >>> from discadapt.plugins import registry
-    >>> sorted(registry().sources)  # the shapes world's `--world`
-    ['world']
+    >>> sorted(registry().sources)  # the shapes world's `--world` and `--world-tuned`
+    ['world', 'world-tuned']
 """
 
 from __future__ import annotations
@@ -151,19 +151,25 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser, required: bool = Tru
         source.add_argument(f"--{name}", action="store_true", help=found.help)
 
 
+def source_name(args: argparse.Namespace) -> str | None:
+    """The flag `add_pipeline_arguments` saw without its dashes ("tiny", "world", ...), or None (`--pipeline DIR`, or
+    nothing given)."""
+    return next((n for n in ("tiny", *registry().sources) if getattr(args, n.replace("-", "_"), False)), None)
+
+
 def pipeline_from_args(args: argparse.Namespace):
     """The pipeline `add_pipeline_arguments`' flags selected, loaded offline.
 
     Raises:
         ValueError: `--pipeline` is not a pipeline folder, or holds pickled weights only (`loading.load_pipeline`).
     """
-    if getattr(args, "tiny", False):
+    name = source_name(args)
+    if name == "tiny":
         from .testing import tiny_sd_pipeline
 
         return tiny_sd_pipeline()
-    for name, found in registry().sources.items():
-        if getattr(args, name, False):
-            return found.load()
+    if name is not None:
+        return registry().sources[name].load()
     from .loading import load_pipeline
 
     return load_pipeline(args.pipeline, "--pipeline")

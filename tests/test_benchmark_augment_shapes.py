@@ -9,13 +9,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import augment_shapes  # noqa: E402
 
 from discadapt.sampling import StableDiffusionSelfCorrectionPipeline  # noqa: E402
-from discadapt.worlds.shapes.rows import TUNED_CORRECTION  # noqa: E402
+from discadapt.worlds.shapes.rows import LAYOUT, TUNED_CORRECTION  # noqa: E402
 
 
 def test_tuned_corrected_pipeline_is_the_demos_tuned_correction():
     pipe = augment_shapes.tuned_corrected()
     assert isinstance(pipe, StableDiffusionSelfCorrectionPipeline)
-    assert pipe.config.correction == {**TUNED_CORRECTION, "mode": "reuse"}
+    assert pipe.config.correction == {**TUNED_CORRECTION, "mode": "reuse"} and pipe.config.layout is None
+    assert augment_shapes.tuned_corrected(layout=True).config.layout == LAYOUT  # the demo's layout row
 
 
 def test_one_distilling_round(tmp_path):

@@ -107,14 +107,14 @@ def test_every_lane_is_a_valid_tune_command():
 
     parser = Parser(prog="discadapt")
     add_commands(parser.add_subparsers(dest="command", required=True))
-    lane = lambda name: parser.parse_args(  # noqa: E731
-        ["tune", *tune_sweep.shlex.split(f"{tune_sweep.BASE} {tune_sweep.LANES[name]}"), "--out", "x"]
-    )
+    lane = lambda name: parser.parse_args(["tune", *tune_sweep.lane_args(name), "--out", "x"])  # noqa: E731
     for name in tune_sweep.LANES:
         args = lane(name)
-        assert args.command == "tune" and args.world, name
+        assert args.command == "tune" and args.world != args.world_tuned == name.startswith("t-"), name
     batch = lane("c-b32-s1")
     assert (batch.batch_size, batch.grad_accum, batch.seed) == (16, 2, 1)
+    grounded = lane("t-g3-s1")
+    assert (grounded.grounding_weight, grounded.contrast_weight, grounded.shapes_phrase_boxes) == (3.0, 0.0, "objects")
 
 
 def test_a_lane_stopped_before_its_first_checkpoint_starts_over(tmp_path):

@@ -24,7 +24,7 @@ import os
 import time
 
 from ..arguments import int_at_least, number_at_least
-from ..plugins import add_pipeline_arguments, pipeline_from_args, registry
+from ..plugins import add_pipeline_arguments, pipeline_from_args, registry, source_name
 from .discriminate import add_command as add_discriminate_command
 
 __all__ = ["METHODS", "add_commands", "compare", "gpu_sized"]
@@ -133,7 +133,7 @@ def run(args) -> int:
         return _plugin_run(args, rest)
     if rest:
         raise ValueError(f"unknown options {' '.join(rest)}; see `discadapt bench run --help`.")
-    if not args.pipeline and not any(getattr(args, n, False) for n in ("tiny", *registry().sources)):
+    if not args.pipeline and source_name(args) is None:
         flags = ", ".join(f"--{n}" for n in ("tiny", *registry().sources))
         raise ValueError(f"`--suite {' '.join(args.suite)}` needs a pipeline; pass --pipeline DIR (or {flags}).")
     started = time.perf_counter()
@@ -162,11 +162,7 @@ def run(args) -> int:
     # 3. the runner, sharded over the processes of `accelerate launch` (one process: a shard of one)
     from .runner import run_suite
 
-    source = (
-        os.path.abspath(args.pipeline)
-        if args.pipeline
-        else next(n for n in ("tiny", *registry().sources) if getattr(args, n, False))
-    )
+    source = os.path.abspath(args.pipeline) if args.pipeline else source_name(args)
     settings = {"pipeline": source, "steps": args.steps, "guidance": args.guidance, "lora": args.lora,
                 "adapter": args.adapter, "limit": args.limit}  # fmt: skip
     if args.adapter:  # a resumed run must correct as this one does

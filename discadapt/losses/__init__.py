@@ -6,6 +6,7 @@
   box utilities (`box_ops.py`).
 - `denoise.py`: the diffusion model's denoising loss for its prediction type, optionally min-SNR weighted, and the
   denoising-contrast loss (the caption must explain the noise better than its hard negatives).
+- `grounding.py`: the grounding loss of the UNet's cross-attention (each phrase attends inside its boxes).
 
 All of them compute in float32 (float64 for float64 inputs) with autocast disabled.
 """
@@ -20,6 +21,7 @@ from .denoise import (
     min_snr_weights,
     snr,
 )
+from .grounding import attention_grounding_loss, attention_shares
 from .itm import in_batch_accuracy, in_batch_loss, itm_loss, multiple_choice_accuracy, multiple_choice_loss
 from .matcher import HungarianMatcher
 from .rec import RECLoss, RECLossConfig, rec_loss
@@ -29,6 +31,8 @@ __all__ = [
     "PREDICTION_TYPES",
     "RECLoss",
     "RECLossConfig",
+    "attention_grounding_loss",
+    "attention_shares",
     "box_area",
     "box_cxcywh_to_xyxy",
     "box_iou",

@@ -112,6 +112,7 @@ def _config(args, stage: str):
         contrast_temperature=args.contrast_temperature,
         denoise_timestep_range=tuple(args.denoise_timestep_range) if args.denoise_timestep_range else None,
         caption_dropout=args.caption_dropout,
+        grounding_weight=args.grounding_weight,
         lora_ema_decay=args.lora_ema_decay,
     )
 
@@ -252,6 +253,10 @@ def add_commands(subparsers) -> None:
     t.add_argument(
         "--contrast-weight", type=float, default=0.0,
         help="weight of the denoising-contrast loss: the caption must denoise better than its negatives (default 0)",
+    )  # fmt: skip
+    t.add_argument(
+        "--grounding-weight", type=float, default=0.0,
+        help="weight of the cross-attention grounding loss on items with boxes for their words (default 0)",
     )  # fmt: skip
     t.add_argument(
         "--contrast-temperature", type=float, default=0.05, help="its temperature, in log error ratio (default 0.05)"

@@ -273,13 +273,19 @@ class TuneConfig(TrainConfig):
         "those pairs leave the denoising contrast. 0: off.",
         0.0,
     )
+    grounding_weight: float = _help(
+        "Weight of the grounding loss on the UNet's cross-attention (`losses.attention_grounding_loss`): in each "
+        "denoising pair whose item has boxes with their words (`box_spans`), each phrase's attention should lie inside "
+        "its boxes. 0: off.",
+        0.0,
+    )
     lora_ema_decay: float | None = _help(
         "Decay of an exponential moving average of the LoRA weights (diffusers' `EMAModel`, its decay warmed up from "
         "0); `lora/` then holds the average. None: off, `lora/` holds the last weights.",
         None,
     )
 
-    _RECORDED_WHEN_SET: ClassVar[tuple[str, ...]] = ("caption_dropout",)
+    _RECORDED_WHEN_SET: ClassVar[tuple[str, ...]] = ("caption_dropout", "grounding_weight")
 
     def __post_init__(self):
         if not _is_int(self.lora_rank) or self.lora_rank < 1:
@@ -315,6 +321,13 @@ class TuneConfig(TrainConfig):
             raise ValueError(
                 f"`caption_dropout` is {self.caption_dropout!r}; pass a probability in [0, 1) (0.1 is usual)."
             )
+        if not _is_number(self.grounding_weight) or self.grounding_weight < 0:
+            raise ValueError(f"`grounding_weight` is {self.grounding_weight!r}; pass a finite number >= 0 (0: off).")
+        if self.grounding_weight > 0 and self.gradient_checkpointing:
+            raise ValueError(
+                "`grounding_weight` > 0 records the cross-attention maps, which gradient checkpointing would record "
+                "again in the backward pass; set `gradient_checkpointing=False` or `grounding_weight=0`."
+            )
         if self.lora_ema_decay is not None and (not _is_number(self.lora_ema_decay) or not 0 < self.lora_ema_decay < 1):
             raise ValueError(
                 f"`lora_ema_decay` is {self.lora_ema_decay!r}; pass a decay in (0, 1) (0.998: ~500 steps), or None."
@@ -322,11 +335,9 @@ class TuneConfig(TrainConfig):
         super().__post_init__()
 
     def _check_losses(self) -> None:
-        if self.itm_weight == 0 and self.rec_weight == 0 and self.denoise_weight == 0 and self.contrast_weight == 0:
-            raise ValueError(
-                "`itm_weight`, `rec_weight`, `denoise_weight` and `contrast_weight` are all 0, so nothing trains; set "
-                "one > 0."
-            )
+        weights = ("itm_weight", "rec_weight", "denoise_weight", "contrast_weight", "grounding_weight")
+        if not any(getattr(self, name) for name in weights):
+            raise ValueError(f"`{'`, `'.join(weights)}` are all 0, so nothing trains; set one > 0.")
         if self.contrast_weight > 0 and self.num_neg_captions == 0:
             raise ValueError(
                 "`contrast_weight` is > 0 but `num_neg_captions` is 0: the denoising contrast needs negative "

@@ -13,19 +13,26 @@ sees the adapter's and, in stage 2, the LoRA's parameters; the frozen ones need 
    tables, `RECLoss` on the REC pairs (boxes normalised by the number of boxes over all processes), and in
    stage 2 `denoising_loss` of a full UNet pass on each positive (image, caption) at its own uniform timestep, and
    optionally `denoising_contrast_loss`: the same noised image denoised under the caption's hard-negative captions
-   (those of its text-side row), whose errors must exceed the caption's;
+   (those of its text-side row), whose errors must exceed the caption's; and optionally
+   `attention_grounding_loss` on the cross-attention maps of that positive pass (`CrossAttentionMaps`), for the
+   pairs whose item gives boxes with their words (its REC targets, when the REC phrase is the caption):
 
-    L = itm_weight * L_itm + rec_weight * L_rec [+ denoise_weight * L_denoise + contrast_weight * L_contrast]
+    L = itm_weight * L_itm + rec_weight * L_rec
+        [+ denoise_weight * L_denoise + contrast_weight * L_contrast + grounding_weight * L_grounding]
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
 
 from ..adapter import AdapterOutput, DiscriminativeAdapter
+from ..cross_attention import CrossAttentionMaps
 from ..losses import (
     RECLoss,
+    attention_grounding_loss,
     denoising_contrast_loss,
     denoising_errors,
     denoising_loss,
@@ -117,6 +124,7 @@ class DiscriminativeLoss(nn.Module):
         self.train_unet = train_unet
         self.probe = FeatureProbe(self.unet, adapter.config.layers, detach=not train_unet, early_exit=True)
         self.rec = RECLoss(config.rec)
+        self.maps = CrossAttentionMaps(self.unet) if getattr(config, "grounding_weight", 0) else None
 
     def forward(self, latents: torch.Tensor, text: TextEmbeddings, batch: Batch, num_boxes: float) -> dict:
         """
@@ -173,9 +181,19 @@ class DiscriminativeLoss(nn.Module):
             losses["loss_rec"] = rec["loss"]
             losses["loss"] = losses["loss"] + c.rec_weight * rec["loss"]
         tuning = isinstance(c, TuneConfig) and len(batch.denoise_images) > 0
-        if tuning and (c.denoise_weight or c.contrast_weight):
+        if tuning and (c.denoise_weight or c.contrast_weight or c.grounding_weight):
             x0, noise, t = self._denoise_inputs(latents, batch)
-            pred = self._predict(x0, noise, t, text.index(batch.denoise_texts))
+            grounded = self._grounded(batch) if self.maps is not None else None
+            with self.maps if grounded is not None else contextlib.nullcontext():
+                pred = self._predict(x0, noise, t, text.index(batch.denoise_texts))
+            if grounded is not None:
+                rows, recs = grounded
+                grids = [CrossAttentionMaps.grid(m.shape[1], *x0.shape[-2:]) for m in self.maps]
+                boxes = [batch.rec_boxes[r] for r in recs.tolist()]
+                words = [batch.rec_tokens[r] for r in recs.tolist()]
+                losses["loss_grounding"] = attention_grounding_loss([m[rows] for m in self.maps], grids, boxes, words)
+                losses["loss"] = losses["loss"] + c.grounding_weight * losses["loss_grounding"]
+                self.maps.clear()
             if c.denoise_weight:
                 losses["loss_denoise"] = denoising_loss(pred, x0, noise, t, self.pipe.scheduler, snr_gamma=c.snr_gamma)
                 losses["loss"] = losses["loss"] + c.denoise_weight * losses["loss_denoise"]
@@ -184,6 +202,14 @@ class DiscriminativeLoss(nn.Module):
                 losses["loss_contrast"] = self._contrast(errors, x0, noise, t, text, batch)
                 losses["loss"] = losses["loss"] + c.contrast_weight * losses["loss_contrast"]
         return losses
+
+    def _grounded(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`(denoising pairs, REC samples)` whose image and text agree (the REC phrase is the pair's caption, not
+        dropped), or None when no pair has boxes for its words."""
+        image, text = batch.pairs[batch.rec_pairs].T[:2]  # (R,) each
+        same = (batch.denoise_images[:, None] == image) & (batch.denoise_texts[:, None] == text)
+        rows, recs = (same & ~batch.denoise_dropped[:, None]).nonzero(as_tuple=True)
+        return (rows, recs) if len(rows) else None
 
     def _denoise_inputs(self, latents: torch.Tensor, batch: Batch):
         """Clean latents, noise and uniform timesteps of the positive (image, caption) pairs."""

@@ -8,7 +8,11 @@ Item `i` of `ShapeWorldItems(n, split, seed)` is example `make_dataset(n, split,
                   each phrase of a two-object or spatial caption alone
     neg_images    for each hard negative, when one exists, the scene edited so that the negative becomes true and the
                   caption false: hard-negative images for the image side of ITM (see `edited_scene`)
-    phrase/boxes  for referring captions: the caption and the referent's box (cx, cy, w, h) in [0, 1]
+    phrase/boxes  for referring captions: the caption and the referent's box (cx, cy, w, h) in [0, 1]; with
+                  `phrase_boxes`, for the other captions too: the caption, the box of every object each phrase
+                  names ("objects") or, for spatial captions only, the half of the image the relation plans for
+                  each phrase ("planned"), and `box_spans`, the phrase's words in the caption (for stage 2's
+                  grounding loss)
     category      the caption's category
 
 Example:
@@ -28,13 +32,14 @@ import numpy as np
 import PIL.Image
 from torch.utils.data import Dataset
 
+from ...interaction.critics.layout import plan_layout
 from .captions import CATEGORIES
 from .dataset import Example, make_example
 from .negatives import DROP_PHRASE, Negative, prompt_negatives
 from .palette import COLORS, SHAPES, SIZES, check_choice, side_pixels
 from .render import render
 from .scenes import MAX_OBJECTS, Obj, Scene
-from .semantics import SAFETY_MARGIN, evaluate
+from .semantics import SAFETY_MARGIN, evaluate, matching
 from .splits import SPLITS, HeldOut, held_out
 
 __all__ = ["ShapeWorldItems", "edited_scene"]
@@ -117,6 +122,35 @@ def edited_scene(
     return None
 
 
+PHRASE_BOXES = ("objects", "planned")
+
+
+def _phrase_boxes(example: Example, kind: str) -> tuple[list, list]:
+    """Boxes (cx, cy, w, h) for the phrases of a non-referring caption, and per box the character span of its
+    phrase's words in the caption ("red circles" of "three red circles"): the boxes of the objects each phrase names
+    (`kind` "objects"), or the halves of the image a spatial caption's relation plans for its two phrases
+    (`interaction.critics.plan_layout`, "planned"; none for the other categories)."""
+    caption, text = example.caption, example.caption.text
+    if kind == "planned":
+        planned = [region.box for region in plan_layout(text)] if caption.category == "spatial" else []
+        places = [[_cxcywh(box)] for box in planned]
+    else:
+        places = [[list(obj.cxcywh) for obj in matching(example.scene.objects, p)] for p in caption.phrases]
+    boxes, spans, start = [], [], 0
+    for phrase, found in zip(caption.phrases, places):
+        words = phrase.words(plural=caption.category == "counting" and caption.count > 1)
+        start = text.index(words, start)
+        boxes += found
+        spans += [[(start, start + len(words))]] * len(found)
+        start += len(words)
+    return boxes, spans
+
+
+def _cxcywh(box) -> list[float]:
+    x0, y0, x1, y1 = box
+    return [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]
+
+
 class ShapeWorldItems(Dataset):
     """ShapeWorld examples as `discadapt.train` items (see the module docstring), made on the fly.
 
@@ -133,6 +167,11 @@ class ShapeWorldItems(Dataset):
             `drop_phrase`). They are true of the image but leave an object out: for stage 2's denoising contrast,
             which then asks the caption to explain the image better than either phrase does (generation's most
             common failure is a named object missing), not for ITM, which would call them mismatches.
+        phrase_boxes (`str`, *optional*): "objects" gives every caption its objects' boxes, each with its phrase's
+            words (`box_spans`), not only the referring ones: what `TuneConfig.grounding_weight` supervises the UNet's
+            cross-attention with (and, with `rec_weight`, more REC targets); "planned" gives spatial captions the
+            halves of the image their relation plans for each phrase instead (where the layout term of sampling
+            steers them; knowable from the words alone, at any noise level). None (default): referring boxes only.
 
     Attributes:
         categories (`tuple[str, ...]`): reported separately by `evaluate_adapter`.
@@ -149,6 +188,7 @@ class ShapeWorldItems(Dataset):
         negative_images: bool = True,
         held: HeldOut | None = None,
         phrase_negatives: bool = False,
+        phrase_boxes: str | None = None,
     ):
         if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
             raise ValueError(f"`num_examples` is {num_examples!r}; pass an int >= 1.")
@@ -158,9 +198,12 @@ class ShapeWorldItems(Dataset):
             raise ValueError("`categories` is empty; pass one or more of " + ", ".join(CATEGORIES) + ".")
         for category in categories:
             check_choice("category", category, CATEGORIES)
+        if phrase_boxes is not None:
+            check_choice("phrase_boxes", phrase_boxes, PHRASE_BOXES)
         self.num_examples, self.split, self.seed = num_examples, split, seed
         self.categories, self.image_size = categories, image_size
         self.negative_images, self.phrase_negatives = negative_images, phrase_negatives
+        self.phrase_boxes = phrase_boxes
         self.held = held_out() if held is None else held
         self.fingerprint = {
             "world": "shapes",
@@ -172,8 +215,11 @@ class ShapeWorldItems(Dataset):
             "negative_images": negative_images,
             "held_pairs": sorted(map(list, self.held.pairs)),
         }
-        if phrase_negatives:  # only when on, so that runs recorded before the option keep their fingerprint
+        # only when on, so that runs recorded before the options keep their fingerprint
+        if phrase_negatives:
             self.fingerprint["phrase_negatives"] = True
+        if phrase_boxes:
+            self.fingerprint["phrase_boxes"] = phrase_boxes
 
     def __len__(self) -> int:
         return self.num_examples
@@ -203,4 +249,7 @@ class ShapeWorldItems(Dataset):
         if example.referent is not None:
             item["phrase"] = example.caption.text
             item["boxes"] = [list(example.referent.cxcywh)]
+        elif self.phrase_boxes:
+            item["phrase"] = example.caption.text
+            item["boxes"], item["box_spans"] = _phrase_boxes(example, self.phrase_boxes)
         return item

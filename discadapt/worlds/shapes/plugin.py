@@ -1,7 +1,8 @@
 """The shapes world as a plug-in of discadapt (`discadapt.plugins`), named in setup.cfg's entry points.
 
 It registers:
-- the pipeline source `--world`: the bundled world pipeline (`bundle.load_pipeline`);
+- the pipeline sources `--world`: the bundled world pipeline (`bundle.load_pipeline`), and `--world-tuned`: the same
+  with the bundled stage-2 LoRA fused (`bundle.load_lora`), to tune on top of it;
 - the commands `demo`, `world train` and `world bundle` (`commands.py`);
 - training data of `discadapt probe` / `tune`: `--shapes N` train examples (`adapter_data.ShapeWorldItems`), by
   default `TRAIN_EXAMPLES` when `--world` is given without other data, and `--eval-shapes N` held-out examples
@@ -37,25 +38,44 @@ def _add_arguments(group) -> None:
         action="store_true",
         help="add each phrase of a two-object or spatial caption alone to its negatives (for --contrast-weight)",
     )
+    group.add_argument(
+        "--shapes-phrase-boxes",
+        nargs="?",
+        const="objects",
+        choices=["objects", "planned"],
+        help="give every caption its objects' boxes and their words, not only referring ones; `planned`: spatial "
+        "captions the halves their relation plans (for --grounding-weight)",
+    )
     group.add_argument("--eval-shapes", type=int, help="ShapeWorld test_id/test_ood examples evaluated at the end")
+
+
+def _load_tuned():
+    from .bundle import load_lora, load_pipeline
+
+    return load_lora(load_pipeline())
+
+
+def _on_world(args) -> bool:
+    return getattr(args, "world", False) or getattr(args, "world_tuned", False)
 
 
 def _datasets(args, found: list) -> list:
     shapes = args.shapes
-    if shapes is None and getattr(args, "world", False) and not found:
+    if shapes is None and _on_world(args) and not found:
         shapes = TRAIN_EXAMPLES
     if not shapes:
         return []
     from .adapter_data import ShapeWorldItems
 
-    phrases = getattr(args, "shapes_phrase_negatives", False)
-    return [
-        ShapeWorldItems(shapes, split="train", seed=args.seed, image_size=args.shapes_size, phrase_negatives=phrases)
-    ]
+    options = {
+        "phrase_negatives": getattr(args, "shapes_phrase_negatives", False),
+        "phrase_boxes": getattr(args, "shapes_phrase_boxes", None),
+    }
+    return [ShapeWorldItems(shapes, split="train", seed=args.seed, image_size=args.shapes_size, **options)]
 
 
 def _eval_datasets(args) -> dict:
-    n = args.eval_shapes if args.eval_shapes is not None else (EVAL_EXAMPLES if getattr(args, "world", False) else 0)
+    n = args.eval_shapes if args.eval_shapes is not None else (EVAL_EXAMPLES if _on_world(args) else 0)
     if not n:
         return {}
     from .adapter_data import ShapeWorldItems
@@ -102,6 +122,7 @@ def register(registry: Registry) -> None:
     from .commands import add_commands, run_bench
 
     registry.add_source("world", "the bundled shapes-world pipeline", _load_pipeline)
+    registry.add_source("world-tuned", "the bundled shapes-world pipeline with its stage-2 LoRA fused", _load_tuned)
     registry.add_command(add_commands)
     registry.add_training_data(TrainingData(_add_arguments, _datasets, _eval_datasets))
     registry.add_scorer("world CLIP", _clip_scorer)

@@ -30,9 +30,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import PIL.Image
+import torch
 from torch.utils.data import Dataset
 
 from ...interaction.critics.layout import plan_layout
+from ...losses.box_ops import box_xyxy_to_cxcywh
 from .captions import CATEGORIES
 from .dataset import Example, make_example
 from .negatives import DROP_PHRASE, Negative, prompt_negatives
@@ -133,7 +135,7 @@ def _phrase_boxes(example: Example, kind: str) -> tuple[list, list]:
     caption, text = example.caption, example.caption.text
     if kind == "planned":
         planned = [region.box for region in plan_layout(text)] if caption.category == "spatial" else []
-        places = [[_cxcywh(box)] for box in planned]
+        places = [[box_xyxy_to_cxcywh(torch.tensor(box)).tolist()] for box in planned]
     else:
         places = [[list(obj.cxcywh) for obj in matching(example.scene.objects, p)] for p in caption.phrases]
     boxes, spans, start = [], [], 0
@@ -144,11 +146,6 @@ def _phrase_boxes(example: Example, kind: str) -> tuple[list, list]:
         spans += [[(start, start + len(words))]] * len(found)
         start += len(words)
     return boxes, spans
-
-
-def _cxcywh(box) -> list[float]:
-    x0, y0, x1, y1 = box
-    return [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]
 
 
 class ShapeWorldItems(Dataset):

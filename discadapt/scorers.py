@@ -37,7 +37,7 @@ import torch
 from .adapter import DiscriminativeAdapter
 from .probe import FeatureProbe
 from .scoring import _latents, _noise, adapter_itm_logits, add_noise, denoising_score, influence_layout, itm_score
-from .text import TextEmbeddings, get_unet
+from .text import TextEmbeddings, encode_text, get_unet
 
 __all__ = [
     "AdapterScorer",
@@ -184,6 +184,15 @@ class LayoutScorer:
         self.prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         self.layouts = [self.plan(p) for p in self.prompts]
         self.name = name or "layout influence"
+        self._encoded: tuple[tuple[str, ...], TextEmbeddings] | None = None  # the last phrases encoded
+
+    def _encode(self, texts: list[str]) -> TextEmbeddings:
+        """The phrases' encodings, kept while the same phrases are asked for: a self-correction run asks for the same
+        ones at every corrected step."""
+        if self._encoded is None or self._encoded[0] != tuple(texts):
+            with torch.no_grad():
+                self._encoded = (tuple(texts), encode_text(self.pipe, texts))
+        return self._encoded[1]
 
     def plan(self, prompt: str) -> list:
         """The regions of `prompt` that are scored."""
@@ -206,7 +215,7 @@ class LayoutScorer:
             )
         per = len(model_input) // len(self.prompts)
         layouts = [self.layouts[b // per] for b in range(len(model_input))]
-        return influence_layout(self.pipe, model_input, t, layouts, self.feather)
+        return influence_layout(self.pipe, model_input, t, layouts, self.feather, encode=self._encode)
 
 
 class FunctionScorer:

@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import PIL.Image
 import torch
@@ -370,7 +370,12 @@ def layout_score(
 
 
 def influence_layout(
-    pipe, model_input: torch.Tensor, t: torch.Tensor, layouts: Sequence[Sequence], feather: float = 1.0
+    pipe,
+    model_input: torch.Tensor,
+    t: torch.Tensor,
+    layouts: Sequence[Sequence],
+    feather: float = 1.0,
+    encode: Callable[[list[str]], TextEmbeddings] | None = None,
 ):
     """How much of each phrase's influence on the noise prediction lies in its box, for noisy UNet inputs: what a
     sampler can read of its layout mid-way, since it needs no clean image (unlike `layout_score`). Per latent pixel,
@@ -388,6 +393,9 @@ def influence_layout(
         layouts (Sequence[Sequence[Region]]): per input, its `boxes.Region`s (e.g. `plan_layout(prompt)`); an input
             with none scores 0 and costs nothing.
         feather (float): the masks' edge ramp in latent pixels. Default 1.0.
+        encode (callable, *optional*): `texts -> TextEmbeddings` of the regions' prompts, then one "" per input with
+            a layout; default `encode_text(pipe, texts)` without gradients (a scorer called at every step passes a
+            cached one: `scorers.LayoutScorer`).
 
     Returns:
         `torch.Tensor` of shape `(B,)`, float32 (float64 for a float64 pipeline), in [0, number of regions].
@@ -403,8 +411,12 @@ def influence_layout(
         return model_input.to(wide).sum(dim=(1, 2, 3)) * 0  # no layout: 0, with a (zero) gradient
     placed = sorted({b for b, _ in rows})  # inputs with a layout: one empty-prompt row each
     index = torch.tensor([b for b, _ in rows] + placed, device=model_input.device)
-    with torch.no_grad():
-        text = encode_text(pipe, [r.prompt for _, r in rows] + [""] * len(placed))
+    texts = [r.prompt for _, r in rows] + [""] * len(placed)
+    if encode is None:
+        with torch.no_grad():
+            text = encode_text(pipe, texts)
+    else:
+        text = encode(texts)
     x = model_input[index]
     pred = unet(x, t[index], text.encoder_hidden_states, **unet_text_kwargs(pipe, text, x)).sample.to(wide)
     empty = dict(zip(placed, pred[len(rows) :]))

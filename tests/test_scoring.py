@@ -289,9 +289,10 @@ def test_influence_layout_shares_and_gradient_float64():
         influence_layout(pipe, x, t, [[(left, "a cat")], [], []])
 
 
-def test_layout_scorer_plans_from_prompts(sd_pipe):
+def test_layout_scorer_plans_from_prompts(sd_pipe, monkeypatch):
     """`LayoutScorer` scores latents against the prompts it was made for (repeated per image, as self-correction
     orders them) and images against the prompts given (noised once at `t`); prompts without a relation score 0."""
+    from discadapt import scorers as scorers_module
     from discadapt.interaction.critics.layout import plan_layout
     from discadapt.scorers import LatentScorer, LayoutScorer
     from discadapt.scoring import influence_layout
@@ -301,7 +302,13 @@ def test_layout_scorer_plans_from_prompts(sd_pipe):
     assert isinstance(scorer, LatentScorer) and scorer.name == "layout influence"
     x, t = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(1)), torch.full((4,), 600)
     layouts = [plan_layout(prompts[0])] * 2 + [[]] * 2
-    torch.testing.assert_close(scorer.score_latents(x, t, None), influence_layout(sd_pipe, x, t, layouts))
+    expected = influence_layout(sd_pipe, x, t, layouts)
+    calls = []
+    encode = scorers_module.encode_text
+    monkeypatch.setattr(scorers_module, "encode_text", lambda *a: calls.append(1) or encode(*a))
+    for _ in range(3):  # the phrases are encoded once, then kept
+        torch.testing.assert_close(scorer.score_latents(x, t, None), expected)
+    assert len(calls) == 1
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     scores = scorer.score(images, prompts)
     assert scores.shape == (2,) and scores[0] > 0 and scores[1] == 0

@@ -52,12 +52,13 @@ def attention_shares(
         raise ValueError(f"pass one (h, w) per attention map; got {len(maps)} maps and {len(grids)} grids.")
     if any(len(m) != len(boxes) for m in maps) or len(tokens) != len(boxes):
         raise ValueError(f"`maps`, `boxes` and `tokens` must hold one entry per row ({len(boxes)} boxes).")
-    shares = []
+    shares, planned = [], {}  # (h, w) -> per row (token sets, masks): layers share a few resolutions
     with full_precision(maps[0].device):
-        for attention, (h, w) in zip(maps, grids):
+        for attention, grid in zip(maps, map(tuple, grids)):
+            if grid not in planned:
+                planned[grid] = [_phrase_masks(b, k, *grid) for b, k in zip(boxes, tokens)]
             attention, layer = upcast(attention), []
-            for row, (row_boxes, row_tokens) in enumerate(zip(boxes, tokens)):
-                token_sets, masks = _phrase_masks(row_boxes, row_tokens, h, w)
+            for row, (token_sets, masks) in enumerate(planned[grid]):
                 a = attention[row] @ token_sets.T.to(attention)  # (h * w, p)
                 inside = (a * masks.flatten(1).T.to(attention)).sum(dim=0)
                 layer.append(inside / a.sum(dim=0).clamp_min(1e-12))

@@ -191,6 +191,11 @@ class TrainConfig:
             self.timesteps = ts
         self.timestep_range = _checked_range("timestep_range", self.timestep_range)
 
+    @property
+    def denoising_pass(self) -> bool:
+        """Whether a term runs the UNet on denoising pairs (stage 2's denoising loss, contrast or grounding)."""
+        return False
+
     def _check_losses(self) -> None:
         if self.itm_weight == 0 and self.rec_weight == 0:
             raise ValueError("`itm_weight` and `rec_weight` are both 0, so nothing trains; set one > 0.")
@@ -333,6 +338,10 @@ class TuneConfig(TrainConfig):
                 f"`lora_ema_decay` is {self.lora_ema_decay!r}; pass a decay in (0, 1) (0.998: ~500 steps), or None."
             )
         super().__post_init__()
+
+    @property
+    def denoising_pass(self) -> bool:
+        return any(w > 0 for w in (self.denoise_weight, self.contrast_weight, self.grounding_weight))
 
     def _check_losses(self) -> None:
         weights = ("itm_weight", "rec_weight", "denoise_weight", "contrast_weight", "grounding_weight")

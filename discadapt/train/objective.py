@@ -181,7 +181,7 @@ class DiscriminativeLoss(nn.Module):
             losses["loss_rec"] = rec["loss"]
             losses["loss"] = losses["loss"] + c.rec_weight * rec["loss"]
         tuning = isinstance(c, TuneConfig) and len(batch.denoise_images) > 0
-        if tuning and (c.denoise_weight or c.contrast_weight or c.grounding_weight):
+        if tuning and c.denoising_pass:
             x0, noise, t = self._denoise_inputs(latents, batch)
             grounded = self._grounded(batch) if self.maps is not None else None
             with self.maps if grounded is not None else contextlib.nullcontext():

@@ -85,10 +85,6 @@ def _check_pipeline(pipe, config: TrainConfig) -> tuple[int, int]:
     return resolution, num_train
 
 
-# the stage-2 terms that run the UNet on the denoising pairs
-_DENOISE_PASS = ("denoise_weight", "contrast_weight", "grounding_weight")
-
-
 class ProbeObjective(Objective):
     """Stage 1 as an engine objective (see the module docstring); `tune.TuneObjective` extends it.
 
@@ -208,7 +204,7 @@ class ProbeObjective(Objective):
             timestep_range=config.timestep_range,
             denoise_timestep_range=getattr(config, "denoise_timestep_range", None),
             caption_dropout=getattr(config, "caption_dropout", 0.0),
-            denoise=self.train_unet and any(getattr(config, w, 0) > 0 for w in _DENOISE_PASS),
+            denoise=self.train_unet and config.denoising_pass,
         )
         micro = MicroBatches(
             builder, config.batch_size, accelerator.num_processes, accelerator.process_index, first, count

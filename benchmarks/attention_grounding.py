@@ -3,8 +3,9 @@
 On rendered ShapeWorld scenes of the multi-object categories (two objects, counting, spatial; each caption with its
 objects' boxes and their words, `ShapeWorldItems(phrase_boxes="objects")`), each noised once at timestep t, the
 share of each phrase's cross-attention inside its objects' boxes (`losses.attention_shares`; with `--boxes planned`,
-spatial scenes only, inside the half of the image the caption's relation plans for the phrase), averaged over
-phrases and layers, against the share a uniform map would give (the boxes' area). Base, the bundled tuned model and
+spatial scenes only, inside the half of the image the caption's relation plans for the phrase; then also for the
+first and the second phrase alone), averaged over phrases and layers, against the share a uniform map would give
+(the boxes' area). Base, the bundled tuned model and
 any stage-2 variant of `tuned_variants.py` (`bundled+runs/tune-sweep/t-g3-s1/lora-1000`, ...): what the grounding
 loss of `TuneConfig.grounding_weight` trains, and whether it took.
 
@@ -56,6 +57,20 @@ def shares(pipe, items: list[dict], timesteps, seed: int = 0) -> dict:
     return found
 
 
+def only_phrase(item: dict, k: int) -> dict:
+    """`item` with phrase `k`'s boxes and words only (the first phrase of a spatial caption names the object before
+    the relation's words, the second the one after)."""
+    return {**item, "boxes": item["boxes"][k : k + 1], "box_spans": item["box_spans"][k : k + 1]}
+
+
+def per_phrase(pipe, items: list[dict], timesteps) -> dict:
+    """`{"first" | "second": {t: share}}`: `shares` of each spatial scene's first and second phrase alone."""
+    return {
+        name: {t: share for t, (share, _) in shares(pipe, [only_phrase(it, k) for it in items], timesteps).items()}
+        for k, name in enumerate(("first", "second"))
+    }
+
+
 @torch.no_grad()
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +97,11 @@ def main(argv=None) -> int:
     print(f"{'uniform map':<40}" + "".join(f"{results['base'][t][1]:>9.3f}" for t in args.t))
     for name, found in results.items():
         print(f"{name:<40}" + "".join(f"{found[t][0]:>9.3f}" for t in args.t))
+    if args.boxes == "planned":  # each phrase alone: the first's words cannot know the relation (causal text encoder)
+        results = {name: {"both": found, **per_phrase(pipes[name], items, args.t)} for name, found in results.items()}
+        for name, found in results.items():
+            for phrase in ("first", "second"):
+                print(f"{name + ' ' + phrase:<40}" + "".join(f"{found[phrase][t]:>9.3f}" for t in args.t))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "shares": results}, indent=1) + "\n")
     return 0

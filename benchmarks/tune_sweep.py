@@ -104,6 +104,14 @@ LANES = {
     # (`--shapes-phrase-boxes planned`; other captions ungrounded): the layout term's plan, knowable from the words at
     # every noise level, where the objects' own boxes are not (the grounding of c-g-s1 took at t <= 500 only)
     "t-gp3-s1": "--world-tuned --grounding-weight 3 --shapes-phrase-boxes planned --contrast-weight 0 --seed 1",
+    # the planned half of the second phrase only (`planned-second`): the first phrase's words precede the relation, so
+    # the causal text encoder's states of them cannot know its half (a linear read: .29, chance .25; the second
+    # phrase's .65; `position_grounding.py --words`), and grounding both, nothing moved at t >= 800
+    **{
+        f"t-gs{w}-s1": f"--world-tuned --grounding-weight {w} --shapes-phrase-boxes planned-second --contrast-weight 0 "
+        "--seed 1"
+        for w in (1, 3)
+    },
 }
 
 

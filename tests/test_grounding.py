@@ -179,6 +179,7 @@ def test_tune_world_tuned_grounds_on_the_bundled_tuned_model(tmp_path):
 
 def test_planned_boxes_are_the_halves_a_spatial_relation_plans():
     items = ShapeWorldItems(15, phrase_boxes="planned", negative_images=False)
+    second = ShapeWorldItems(15, phrase_boxes="planned-second", negative_images=False)
     objects = ShapeWorldItems(15, phrase_boxes="objects", negative_images=False)
     halves = {
         "left of": ([0.25, 0.5, 0.5, 1.0], [0.75, 0.5, 0.5, 1.0]),
@@ -192,8 +193,11 @@ def test_planned_boxes_are_the_halves_a_spatial_relation_plans():
         if caption.category == "spatial":
             assert item["boxes"] == list(halves[caption.relation])
             assert item["box_spans"] == objects[index]["box_spans"]  # the same words, one box each
+            # the phrase after the relation only
+            assert second[index]["boxes"] == item["boxes"][1:] and second[index]["box_spans"] == item["box_spans"][1:]
         elif caption.category != "referring":
             assert item["boxes"] == [] and item["box_spans"] == []  # no plan: nothing to ground
+            assert second[index]["boxes"] == [] and second[index]["box_spans"] == []
     assert "spatial" in seen
-    with pytest.raises(ValueError, match="`phrase_boxes` is 'boxes'; pick one of objects, planned"):
+    with pytest.raises(ValueError, match="`phrase_boxes` is 'boxes'; pick one of objects, planned, planned-second"):
         ShapeWorldItems(3, phrase_boxes="boxes")

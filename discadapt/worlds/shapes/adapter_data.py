@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from ...interaction.critics.layout import plan_layout
 from ...losses.box_ops import box_xyxy_to_cxcywh
-from .captions import CATEGORIES
+from .captions import CATEGORIES, PHRASE_BOXES
 from .dataset import Example, make_example
 from .negatives import DROP_PHRASE, Negative, prompt_negatives
 from .palette import COLORS, SHAPES, SIZES, check_choice, side_pixels
@@ -124,18 +124,19 @@ def edited_scene(
     return None
 
 
-PHRASE_BOXES = ("objects", "planned")
-
-
 def _phrase_boxes(example: Example, kind: str) -> tuple[list, list]:
     """Boxes (cx, cy, w, h) for the phrases of a non-referring caption, and per box the character span of its
     phrase's words in the caption ("red circles" of "three red circles"): the boxes of the objects each phrase names
     (`kind` "objects"), or the halves of the image a spatial caption's relation plans for its two phrases
-    (`interaction.critics.plan_layout`, "planned"; none for the other categories)."""
+    (`interaction.critics.plan_layout`, "planned"; none for the other categories), or only the second phrase's half
+    ("planned-second": the first phrase's words come before the relation's, so a causal text encoder's states of them
+    are the same whatever the relation, and no attention key made from them can know where the plan puts it)."""
     caption, text = example.caption, example.caption.text
-    if kind == "planned":
+    if kind in ("planned", "planned-second"):
         planned = [region.box for region in plan_layout(text)] if caption.category == "spatial" else []
         places = [[box_xyxy_to_cxcywh(torch.tensor(box)).tolist()] for box in planned]
+        if kind == "planned-second":
+            places = [[], *places[1:]]
     else:
         places = [[list(obj.cxcywh) for obj in matching(example.scene.objects, p)] for p in caption.phrases]
     boxes, spans, start = [], [], 0
@@ -168,7 +169,8 @@ class ShapeWorldItems(Dataset):
             words (`box_spans`), not only the referring ones: what `TuneConfig.grounding_weight` supervises the UNet's
             cross-attention with (and, with `rec_weight`, more REC targets); "planned" gives spatial captions the
             halves of the image their relation plans for each phrase instead (where the layout term of sampling
-            steers them; knowable from the words alone, at any noise level). None (default): referring boxes only.
+            steers them; knowable from the words alone, at any noise level); "planned-second" only the second
+            phrase's half (the phrase whose words follow the relation). None (default): referring boxes only.
 
     Attributes:
         categories (`tuple[str, ...]`): reported separately by `evaluate_adapter`.

@@ -30,12 +30,15 @@ from dataclasses import dataclass
 
 from .palette import COLORS, SHAPES, SIZES, check_choice
 
-__all__ = ["CATEGORIES", "NUMBERS", "POSITIONS", "RELATIONS", "Caption", "Phrase", "parse"]
+__all__ = ["CATEGORIES", "NUMBERS", "PHRASE_BOXES", "POSITIONS", "RELATIONS", "Caption", "Phrase", "parse"]
 
 CATEGORIES = ("single", "two_objects", "counting", "spatial", "referring")
 NUMBERS = ("one", "two", "three", "four")
 RELATIONS = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 POSITIONS = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
+# the boxes a caption's phrases may be given for grounding: their objects', the halves a relation plans, or the
+# second phrase's half only (`adapter_data.ShapeWorldItems(phrase_boxes=...)`; here, light, for the plug-in's choices)
+PHRASE_BOXES = ("objects", "planned", "planned-second")
 
 
 @dataclass(frozen=True)

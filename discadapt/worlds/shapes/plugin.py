@@ -31,6 +31,8 @@ def _load_pipeline():
 
 
 def _add_arguments(group) -> None:
+    from .captions import PHRASE_BOXES
+
     group.add_argument("--shapes", type=int, help="number of ShapeWorld train examples (ITM + REC)")
     group.add_argument("--shapes-size", type=int, default=32, help="ShapeWorld image size in pixels (default 32)")
     group.add_argument(
@@ -42,9 +44,10 @@ def _add_arguments(group) -> None:
         "--shapes-phrase-boxes",
         nargs="?",
         const="objects",
-        choices=["objects", "planned"],
+        choices=PHRASE_BOXES,
         help="give every caption its objects' boxes and their words, not only referring ones; `planned`: spatial "
-        "captions the halves their relation plans (for --grounding-weight)",
+        "captions the halves their relation plans; `planned-second`: the second phrase's half only (for "
+        "--grounding-weight)",
     )
     group.add_argument("--eval-shapes", type=int, help="ShapeWorld test_id/test_ood examples evaluated at the end")
 

@@ -112,6 +112,11 @@ LANES = {
         "--seed 1"
         for w in (1, 3)
     },
+    # the same where the layout is chosen only (t >= 800, the denoising loss there too): where grounding alone moved
+    # the second phrase's attention toward its half (.50 to .53 in 300 steps), which the lanes above did not
+    "t-gsh1-s1": "--world-tuned --grounding-weight 1 --shapes-phrase-boxes planned-second --denoise-timestep-range "
+    "800 1000 --contrast-weight 0 --seed 1",
+    "t-dh-s1": "--world-tuned --denoise-timestep-range 800 1000 --contrast-weight 0 --seed 1",  # its control
 }
 
 

@@ -5,9 +5,9 @@ objects' boxes and their words, `ShapeWorldItems(phrase_boxes="objects")`), each
 share of each phrase's cross-attention inside its objects' boxes (`losses.attention_shares`; with `--boxes planned`,
 spatial scenes only, inside the half of the image the caption's relation plans for the phrase; then also for the
 first and the second phrase alone), averaged over phrases and layers, against the share a uniform map would give
-(the boxes' area). Base, the bundled tuned model and
-any stage-2 variant of `tuned_variants.py` (`bundled+runs/tune-sweep/t-g3-s1/lora-1000`, ...): what the grounding
-loss of `TuneConfig.grounding_weight` trains, and whether it took.
+(the boxes' area). Base, the bundled tuned model and any stage-2 variant of `tuned_variants.py`
+(`bundled+runs/tune-sweep/t-g3-s1/lora-1000`, ...): what the grounding loss of `TuneConfig.grounding_weight` trains,
+and whether it took.
 
     python benchmarks/attention_grounding.py --variants bundled runs/tune-sweep/c-g-s1/lora-2000 --n 200 \
         --t 100 300 500 700 900 [--split test_id] [--boxes planned]

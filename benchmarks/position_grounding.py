@@ -95,6 +95,7 @@ class PositionTune(TuneObjective):
         add_position_embeddings(unet)
 
 
+SPATIAL = dict(negative_images=False, phrase_boxes="planned", categories=("spatial",))  # the scenes used
 HALVES = ("left", "right", "top", "bottom")
 
 
@@ -142,10 +143,9 @@ def probe_accuracy(train: tuple, test: tuple, steps: int = 300) -> float:
 
 def words_table(n: int) -> None:
     """Can a linear read of the words tell which half the relation plans for each phrase?"""
-    kind = dict(negative_images=False, phrase_boxes="planned", categories=("spatial",))
     pipe = load_pipeline()
-    train = ShapeWorldItems(n, split="train", seed=0, **kind)
-    test = ShapeWorldItems(n // 4, split="train", seed=1, **kind)
+    train = ShapeWorldItems(n, split="train", seed=0, **SPATIAL)
+    test = ShapeWorldItems(n // 4, split="train", seed=1, **SPATIAL)
     states = [word_states(pipe, [data[i] for i in range(len(data))]) for data in (train, test)]
     print(f"which half is planned for a phrase (4 halves, chance .25), a linear read on {n} spatial train-split "
           f"captions, accuracy on {n // 4} others")  # fmt: skip
@@ -173,14 +173,13 @@ def main(argv=None) -> int:
         return 0
     if not args.out:
         p.error("pass --out DIR (the run folder), or --words N")
-    kind = dict(negative_images=False, phrase_boxes="planned", categories=("spatial",))
-    measured = ShapeWorldItems(args.n, split="train", seed=1, **kind)  # not the scenes trained on (seed 0)
+    measured = ShapeWorldItems(args.n, split="train", seed=1, **SPATIAL)  # not the scenes trained on (seed 0)
     items = [measured[i] for i in range(args.n)]
     pipe = load_lora(load_pipeline())
     with torch.no_grad():
         before = per_phrase(pipe, items, args.t)
     # "planned-second": the second phrase's half only, on the same scenes
-    data = ShapeWorldItems(100_000, split="train", **{**kind, "phrase_boxes": PHRASE_BOXES[args.phrase]})
+    data = ShapeWorldItems(100_000, split="train", **{**SPATIAL, "phrase_boxes": PHRASE_BOXES[args.phrase]})
     config = TuneConfig(
         steps=args.steps, batch_size=16, lr=1e-4, lora_lr=1e-3, lr_warmup_steps=10, num_neg_captions=0,
         num_neg_images=0, random_negatives=False, lora_rank=8, lora_alpha=8, itm_weight=0, rec_weight=0,

@@ -11,8 +11,8 @@ Item `i` of `ShapeWorldItems(n, split, seed)` is example `make_dataset(n, split,
     phrase/boxes  for referring captions: the caption and the referent's box (cx, cy, w, h) in [0, 1]; with
                   `phrase_boxes`, for the other captions too: the caption, the box of every object each phrase
                   names ("objects") or, for spatial captions only, the half of the image the relation plans for
-                  each phrase ("planned"), and `box_spans`, the phrase's words in the caption (for stage 2's
-                  grounding loss)
+                  each phrase ("planned") or for the second phrase only ("planned-second"), and `box_spans`, the
+                  phrase's words in the caption (for stage 2's grounding loss)
     category      the caption's category
 
 Example:

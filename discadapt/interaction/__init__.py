@@ -7,7 +7,9 @@ regenerates from their suggestions, keeps the images they prefer and fuses what 
   `lora_update` (a LoRA's weight update per module);
 - `loop.py`: `augment`, the resumable rounds with their stop test;
 - `distil.py`: a sampling-time correction (e.g. self-correction) recorded step by step (`record_trajectories`) and
-  learnt by an enhancement LoRA (`distil_correction`), so that the fused model takes the corrected steps itself.
+  learnt by an enhancement LoRA (`distil_correction`), so that the fused model takes the corrected steps itself;
+- `reward.py`: an enhancement LoRA trained by a critic's differentiable score of the pipeline's own samples,
+  backpropagated through the sampler (`train_reward`, DRaFT-K).
 
 Example:
     >>> from discadapt.interaction import AugmentConfig, augment, critic_from_name, fuse_enhancements
@@ -41,6 +43,7 @@ from .enhance import (
     train_enhancement,
 )
 from .loop import AugmentConfig, augment
+from .reward import RewardObjective, train_reward
 
 __all__ = [
     "AugmentConfig",
@@ -56,8 +59,10 @@ __all__ = [
     "load_enhancement",
     "record_trajectories",
     "rejected_for",
+    "RewardObjective",
     "select",
     "train_enhancement",
+    "train_reward",
     "AdapterCritic",
     "AestheticCritic",
     "CLIPCritic",

@@ -101,13 +101,13 @@ class Trajectories:
         return cls(**tensors, prompts=meta["prompts"], guidance_scale=meta["guidance_scale"])
 
 
-def _check_ddim(scheduler) -> None:
+def _check_ddim(scheduler, purpose: str = "distilling a correction") -> None:
     from diffusers import DDIMScheduler
 
     if not isinstance(scheduler, DDIMScheduler) or scheduler.config.prediction_type != "epsilon":
         raise ValueError(
             f"The pipeline's scheduler is {type(scheduler).__name__} ({scheduler.config.get('prediction_type')}); "
-            "distilling a correction needs DDIMScheduler with epsilon prediction: set pipe.scheduler = "
+            f"{purpose} needs DDIMScheduler with epsilon prediction: set pipe.scheduler = "
             "DDIMScheduler.from_config(pipe.scheduler.config)."
         )
     if scheduler.config.clip_sample or scheduler.config.thresholding:

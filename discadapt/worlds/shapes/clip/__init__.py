@@ -10,6 +10,8 @@ One idea per file:
 - `scores.py`: `clip_scores` (pairwise) and `clip_logits` (multiple choice);
 - `loss.py`: `world_clip_loss` (in-batch InfoNCE plus hard negatives), `valid_pairs`;
 - `evaluate.py`: `evaluate_world_clip` (accuracy per category, against hard negatives and other images);
+- `reward.py`: `HardNegativeReward`, the model's preference of a prompt over its negatives as a differentiable reward
+  of generated images (`interaction.train_reward`);
 - `train.py`: the trainer, `train_world_clip` and `load_world_clip` (a run's model), an objective of
   `discadapt.train.engine`. It is not imported here, so that loading and scoring a bundled model
   (`bundle.load_clip`) does not load the training engine.
@@ -34,9 +36,11 @@ from .evaluate import evaluate_world_clip
 from .inputs import encode_images, encode_texts, preprocess, tokenize
 from .loss import valid_pairs, world_clip_loss
 from .model import logit_scale, make_world_clip, world_clip_config
+from .reward import HardNegativeReward
 from .scores import clip_logits, clip_scores
 
 __all__ = [
+    "HardNegativeReward",
     "WorldClipConfig",
     "WorldClipSizes",
     "clip_logits",

@@ -66,7 +66,6 @@ class AnchoredReward(MarkedReward):
     `anchor_weight` times the squared difference (a mean over elements, summed over the steps), so that what the
     reward changes elsewhere leaves these prompts' pictures as they were (a KL penalty on their sampler's steps)."""
 
-    anchors: list[str] = []
     anchor_batch = 0
     anchor_weight = 0.0
 
@@ -87,10 +86,11 @@ class AnchoredReward(MarkedReward):
         n, unet, device, states = len(idx) - self.anchor_batch, get_unet(self.pipe), accelerator.device, []
         images = self.sample(model, idx[:n], noise[:n], device)
         reward = self.reward(images, [self.prompts[i] for i in idx[:n].tolist()])
-        # the anchors' own trajectories, each step's UNet input kept without its graph: the penalty moves the LoRA at
-        # the states the sampler visits, not the states through the chain
-        keep = lambda i, t, z2, text, pred: states.append((z2.detach(), t, text.encoder_hidden_states))  # noqa: E731
-        self.sample(model, idx[n:], noise[n:], device, on_step=keep)  # the images (and their graph) unused
+        # the anchors' own trajectories, without a graph: the penalty moves the LoRA at the states the sampler visits,
+        # not the states through the chain
+        keep = lambda i, t, z2, text, pred: states.append((z2, t, text.encoder_hidden_states))  # noqa: E731
+        with torch.no_grad():
+            self.sample(model, idx[n:], noise[n:], device, on_step=keep)  # the images unused
         z = torch.cat([s[0] for s in states])
         t = torch.cat([s[1].expand(len(s[0])) for s in states])
         text = torch.cat([s[2] for s in states])

@@ -41,6 +41,7 @@ def test_the_written_out_sampler_is_the_pipelines_own():
         theirs = pipe([PROMPTS[i] for i in idx.tolist()], latents=noise, num_inference_steps=4, guidance_scale=3.0,
                       output_type="pt").images  # fmt: skip
     torch.testing.assert_close((ours / 2 + 0.5).clamp(0, 1), theirs, atol=1e-5, rtol=1e-5)
+    assert any(p.requires_grad for p in get_unet(pipe).parameters()) and not ours.requires_grad  # the caller's no_grad
 
 
 def test_the_gradient_flows_through_the_last_grad_steps_only():

@@ -35,7 +35,6 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -251,9 +250,7 @@ class DistilObjective(EnhanceObjective):
 
     def micro_batches(self, first: int, count: int, accelerator):
         for m in range(first, first + count):
-            seed = np.random.SeedSequence((self.config.seed, m, accelerator.process_index)).generate_state(1)[0]
-            generator = torch.Generator().manual_seed(int(seed))
-            yield torch.randint(len(self.data), (self.config.batch_size,), generator=generator)
+            yield torch.randint(len(self.data), (self.config.batch_size,), generator=self.generator(m, accelerator))
 
     def loss(self, model, batch, step: int, accelerator) -> dict[str, torch.Tensor]:
         idx, device, dtype = batch, accelerator.device, get_unet(self.pipe).dtype

@@ -202,12 +202,16 @@ class EnhanceObjective(Objective):
     def param_groups(self, module) -> list[dict]:
         return [{"params": [p for p in module.parameters() if p.requires_grad], "lr": self.config.lr}]
 
+    def generator(self, micro_step: int, accelerator) -> torch.Generator:
+        """The source of micro-batch `micro_step`'s data on this process: a pure function of (seed, step, process)."""
+        seed = np.random.SeedSequence((self.config.seed, micro_step, accelerator.process_index)).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(seed))
+
     def micro_batches(self, first: int, count: int, accelerator):
         lo, hi = self.config.timestep_range
         shape = self.latents.shape[1:]
         for m in range(first, first + count):
-            seed = np.random.SeedSequence((self.config.seed, m, accelerator.process_index)).generate_state(1)[0]
-            g = torch.Generator().manual_seed(int(seed))
+            g = self.generator(m, accelerator)
             idx = torch.randint(len(self.prompts), (self.config.batch_size,), generator=g)
             t = torch.randint(lo, hi, (self.config.batch_size,), generator=g)
             noise = torch.randn((self.config.batch_size, *shape), generator=g)

@@ -24,7 +24,6 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 
 from ..text import get_unet, unet_text_kwargs
@@ -80,14 +79,14 @@ class RewardObjective(EnhanceObjective):
         unet = get_unet(self.pipe)
         shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
         for m in range(first, first + count):
-            seed = np.random.SeedSequence((self.config.seed, m, accelerator.process_index)).generate_state(1)[0]
-            g = torch.Generator().manual_seed(int(seed))
+            g = self.generator(m, accelerator)
             idx = torch.randint(len(self.prompts), (self.config.batch_size,), generator=g)
             yield idx, torch.randn((self.config.batch_size, *shape), generator=g)
 
     def sample(self, model, idx: torch.Tensor, noise: torch.Tensor, device, on_step=None) -> torch.Tensor:
-        """Decoded images `(B, 3, H, W)` of prompts `idx` from `noise`, the last `grad_steps` steps with a graph.
-        `on_step(i, t, unet_input, text, prediction)`, if given, sees every step's UNet call ([uncond; cond] rows)."""
+        """Decoded images `(B, 3, H, W)` of prompts `idx` from `noise`, the last `grad_steps` steps with a graph (none
+        under the caller's `torch.no_grad()`). `on_step(i, t, unet_input, text, prediction)`, if given, sees every
+        step's UNet call ([uncond; cond] rows)."""
         from diffusers import DDIMScheduler
 
         steps, w, k = (self.sampling[key] for key in ("num_inference_steps", "guidance_scale", "grad_steps"))
@@ -96,9 +95,9 @@ class RewardObjective(EnhanceObjective):
         ids = (idx + 1).to(self.text.encoder_hidden_states.device)
         text = self.text.index(torch.cat([torch.zeros_like(ids), ids]))
         dtype = get_unet(self.pipe).dtype
-        z = noise.to(device) * scheduler.init_noise_sigma
+        z, graph = noise.to(device) * scheduler.init_noise_sigma, torch.is_grad_enabled()
         for i, t in enumerate(scheduler.timesteps):
-            with torch.set_grad_enabled(i >= steps - k):
+            with torch.set_grad_enabled(graph and i >= steps - k):
                 z2 = torch.cat([z, z]).to(dtype)
                 pred = model(z2, t, text.encoder_hidden_states, **unet_text_kwargs(self.pipe, text, z2)).sample
                 if on_step is not None:

@@ -1,11 +1,12 @@
 """Issue 12, hypothesis 5 with the interaction (ArtAug): the world CLIP's judgement fused into the weights by its
-gradient. A LoRA on top of the bundled tuned model trained to raise `clip.HardNegativeReward` (the prompt against its
+gradient. A LoRA on top of the bundled tuned model (its stage-2 LoRA without what is stacked on it: this run's LoRA is
+what `discadapt world bundle --stack` stacked) trained to raise `clip.HardNegativeReward` (the prompt against its
 negatives, each phrase alone among them) of its own samples, backpropagated through the last `--grad-steps` DDIM steps
 (`interaction.reward`, DRaFT-K), on train-split prompts: those of two objects, referring and spatial prompts that are
 not among `tuned_variants.py`'s evaluation prompts, and the split's 43 counting prompts (all of them are).
 
 The LoRA is kept at each of `--marks` steps as OUT/lora-K; compare them on train-split prompts with
-`tuned_variants.py --runs bundled bundled+OUT/lora-K ...`. Resumable (an engine run in OUT/run).
+`tuned_variants.py --runs bundled-unstacked bundled-unstacked+OUT/lora-K ...`. Resumable (an engine run in OUT/run).
 
     python benchmarks/reward_tuning.py --out runs/reward/k25-anchor --categories two_objects spatial referring \
         --anchor-counting 4  # the chosen run (issue 12's table); the defaults: 25 grad steps, lr 3e-4, 100 200 300
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     set_threads(args.threads)
     out = Path(args.out)
-    pipe = load_lora(load_pipeline())
+    pipe = load_lora(load_pipeline(), stack=False)
     config = EnhanceConfig(steps=max(args.marks), batch_size=args.batch_size, lr=args.lr, lora_rank=8, lora_alpha=8,
                            warmup_steps=10, checkpoint_every=50, seed=args.seed)  # fmt: skip
     prompts, reward = reward_prompts(args.prompts_per_category, args.categories), HardNegativeReward(load_clip())

@@ -104,12 +104,14 @@ def variant_name(spec: str) -> str:
 
 def tuned_pipeline(spec: str):
     """The world pipeline with the LoRAs of variant `spec` fused into its UNet (see `parts`; a finished tune run
-    stands for its `lora/`); `bundled`: the bundled stage-2 LoRA (the demo's tuned row), `bundled+A...`: with more
-    LoRAs fused on top (e.g. an enhancement of the tuned model), `bundled@S` the bundled update at S times. For a
-    variant of several segments, the first segment's; a window (`~A-B`) is ignored here (see `unet_schedules`)."""
+    stands for its `lora/`); `bundled`: the bundled stage-2 LoRA with the LoRAs stacked on it (the demo's tuned row),
+    `bundled-unstacked` without them, `bundled+A...`: with more LoRAs fused on top (e.g. an enhancement of the tuned
+    model), `bundled@S` the bundled update at S times. For a variant of several segments, the first segment's; a
+    window (`~A-B`) is ignored here (see `unet_schedules`)."""
     loras = parts(segments(spec)[0][0])
-    if loras[0][0] == Path("bundled"):  # the bundled LoRA at its scale (the demo's tuned model at 1)
-        pipe, loras = load_lora(load_pipeline(), scale=loras[0][1]), loras[1:]
+    if loras[0][0] in (Path("bundled"), Path("bundled-unstacked")):  # at its scale (the demo's tuned model at 1)
+        stack = loras[0][0] == Path("bundled")
+        pipe, loras = load_lora(load_pipeline(), scale=loras[0][1], stack=stack), loras[1:]
     else:
         pipe = load_pipeline()
     if loras:
@@ -186,7 +188,8 @@ def main(argv=None) -> int:
         "--runs",
         nargs="+",
         required=True,
-        help="finished `discadapt tune --world` run folders, LoRA folders (tune_sweep.py's LANE/lora-K), or `bundled`; "
+        help="finished `discadapt tune --world` run folders, LoRA folders (tune_sweep.py's LANE/lora-K), `bundled` "
+        "(the demo's tuned model) or `bundled-unstacked` (without the LoRAs stacked on its stage-2 LoRA); "
         "A@S merges A at scale S, A+B merges both (A@0.5+B@0.5: the mean of their updates); SPEC~A-B: that tuned "
         "UNet in the steps [A, B) of the schedule only, base's elsewhere; SEG,SEG: several windows",
     )

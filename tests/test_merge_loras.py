@@ -1,5 +1,7 @@
 """`interaction.merge_loras`: one LoRA whose update is the weighted sum of several (a soup of stage-2 runs)."""
 
+import json
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -97,3 +99,43 @@ def test_world_bundle_tuned_adapter(tmp_path, capsys):
     assert load_adapter(root=dest / "b", name="tuned_adapter").config.hidden_size == 16
     assert main(["world", "bundle", "--tuned-adapter", str(tmp_path / "nowhere"), "--dest", str(dest)]) == 2
     assert "`--tuned-adapter` is " in capsys.readouterr().err
+
+
+def test_world_bundle_stack(tmp_path, capsys):
+    """`--stack LORA` bundles LoRAs trained on the tuned model beside its LoRA: `load_lora` fuses both (and
+    `stack=False` the LoRA alone); stacking again adds to what is stacked, the bundled LoRA's file left as it was."""
+    from discadapt import DiscriminativeAdapter
+    from discadapt.cli import main
+    from discadapt.worlds.shapes.bundle import load_lora, load_pipeline
+
+    world = load_pipeline()
+    run, first, second = (random_lora(world, tmp_path / name, seed=k) for k, name in enumerate(("run/lora", "a", "b")))
+    DiscriminativeAdapter.for_pipeline(world, layers=["mid_block"], hidden_size=32, num_heads=4).save_pretrained(
+        tmp_path / "run" / "adapter"
+    )
+    dest = tmp_path / "weights"
+    assert main(["world", "bundle", "--stack", str(first), "--dest", str(dest)]) == 2
+    assert "lora/manifest.json is missing" in capsys.readouterr().err  # nothing bundled to stack on
+    assert main(["world", "bundle", "--tune", str(tmp_path / "run"), "--dest", str(dest)]) == 0
+    lora_file = (dest / "lora" / "lora.safetensors").read_bytes()
+    assert main(["world", "bundle", "--stack", str(first), "--dest", str(dest)]) == 0
+    assert main(["world", "bundle", "--stack", str(second), "--dest", str(dest)]) == 0
+    assert (dest / "lora" / "lora.safetensors").read_bytes() == lora_file
+    manifest = json.loads((dest / "lora" / "manifest.json").read_text())
+    assert manifest["stack"]["sources"] == [str(first), str(second)] and set(manifest["files"]) == {"lora", "stack"}
+
+    def unet(*folders):
+        pipe = load_pipeline()
+        fuse_enhancements(pipe, folders)
+        return dict(pipe.unet.named_parameters())
+
+    for got, want in ((load_lora(load_pipeline(), root=dest), unet(run, first, second)),
+                      (load_lora(load_pipeline(), root=dest, stack=False), unet(run))):  # fmt: skip
+        for k, p in got.unet.named_parameters():
+            torch.testing.assert_close(p, want[k], atol=1e-6, rtol=1e-5)
+    for k, p in load_lora(load_pipeline(), root=dest, scale=0).unet.named_parameters():  # `scale` scales both
+        torch.testing.assert_close(p, dict(world.unet.named_parameters())[k], atol=0, rtol=0)
+    unfused = load_lora(load_pipeline(), root=dest, fuse=False)
+    assert set(unfused.unet.peft_config) == {"tuned", "stacked"}
+    assert main(["world", "bundle", "--tune", str(tmp_path / "run"), "--stack", str(first), "--dest", str(dest)]) == 0
+    assert json.loads((dest / "lora" / "manifest.json").read_text())["stack"]["sources"] == [str(first)]

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,7 +62,10 @@ REBUILD = {
     "world": _REBUILD,
     "clip": _REBUILD,
     "adapter": "discadapt probe --world --out RUN && discadapt world bundle --probe RUN",
-    "lora": "discadapt tune --world --out RUN && discadapt world bundle --tune RUN",
+    "lora": (
+        "discadapt tune --world --out RUN && discadapt world bundle --tune RUN (then `discadapt world bundle --stack "
+        "LORA` for each LoRA its manifest's `stack` names)"
+    ),
     "tuned_adapter": (
         "python benchmarks/probe_curve.py --tuned --out RUN --at 1500 && discadapt world bundle --tuned-adapter "
         "RUN/adapter-1500"
@@ -313,11 +317,18 @@ def _read_lora(lora_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.Tenso
         return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
 
 
+def _write_lora(folder: Path, tensors: dict, metadata: dict) -> Path:
+    """`folder` (created) holding `tensors` as a `save_lora_weights` file with its diffusers `metadata`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, folder / _LORA_FILE, metadata=metadata)
+    return folder
+
+
 def _attach_lora(pipe, tensors: dict, metadata: dict, name: str) -> None:
     """Attach a bundled LoRA to `pipe`'s UNet as adapter `name`, as `pipe.load_lora_weights` would (diffusers reads
     the adapter's rank and alpha from the file header, so it goes through a temporary file)."""
     with tempfile.TemporaryDirectory() as tmp:
-        save_file(tensors, Path(tmp) / _LORA_FILE, metadata=metadata)
+        _write_lora(Path(tmp), tensors, metadata)
         pipe.unet.load_lora_adapter(tmp, prefix="unet", weight_name=_LORA_FILE, adapter_name=name)
 
 
@@ -325,38 +336,82 @@ def _world_step(dest) -> int | None:
     return json.loads((WEIGHTS_DIR / "world" / "manifest.json").read_text()).get("step") if dest is None else None
 
 
-def bundle_lora(lora_dir: str | os.PathLike, dest: str | os.PathLike | None = None, soup: Sequence = ()) -> Path:
+def _merged(folders: Sequence, scales: Sequence[float] | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """`(metadata, tensors)` of `interaction.merge_loras(folders, scales)`: one LoRA of the weighted sum of updates."""
+    from ...interaction import merge_loras
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return _read_lora(merge_loras(folders, tmp, scales))
+
+
+def bundle_lora(
+    lora_dir: str | os.PathLike | None,
+    dest: str | os.PathLike | None = None,
+    soup: Sequence = (),
+    stack: Sequence = (),
+) -> Path:
     """Bundle a stage-2 LoRA of the world pipeline (a `save_lora_weights` folder, e.g. the `lora/` of a
     `discadapt tune --world` run) as `weights/lora`, in float32 with its diffusers metadata (rank, alpha). With `soup`
     (more such folders), the bundled LoRA is the mean of all their updates (`interaction.merge_loras`), its rank the
-    sum of theirs, and the manifest names them."""
-    if soup:
-        from ...interaction import merge_loras
+    sum of theirs, and the manifest names them.
 
-        with tempfile.TemporaryDirectory() as tmp:
-            merge_loras([lora_dir, *soup], tmp)
-            metadata, tensors = _read_lora(tmp)
-    else:
-        metadata, tensors = _read_lora(lora_dir)
-    manifest = {"kind": "lora", "metadata": metadata, "world_step": _world_step(dest)}
-    if soup:
-        manifest["soup"] = [str(Path(folder)) for folder in (lora_dir, *soup)]
-    return write_bundle(WEIGHTS_DIR / "lora" if dest is None else dest, manifest, {"lora": tensors}, half=False)
+    With `stack` (LoRAs trained on the tuned model, e.g. `benchmarks/reward_tuning.py`'s `lora-K`), the sum of their
+    updates is bundled beside it, at full weight, as the `stack` component, which `load_lora` fuses on top.
+    `lora_dir` None stacks them on the LoRA already bundled at `dest` (kept as it is, its stack included).
+
+    Raises:
+        ValueError: `lora_dir` None without `stack`.
+        BundleError: stacking on a missing or corrupt bundle.
+    """
+    world_step = _world_step(dest)
+    dest = WEIGHTS_DIR / "lora" if dest is None else Path(dest)
+    stack, named = [Path(folder) for folder in stack], [str(Path(folder)) for folder in stack]
+    with tempfile.TemporaryDirectory() as tmp:
+        if lora_dir is None:
+            if not stack:
+                raise ValueError("`lora_dir` is None and `stack` is empty; pass a LoRA folder to bundle, or LoRAs "
+                                 "to stack on the bundled one.")  # fmt: skip
+            manifest, components = read_bundle(dest.name, dest.parent)
+            manifest.pop("files")
+            if "stack" in components:  # what is stacked already, first
+                stack.insert(0, _write_lora(Path(tmp) / "stack", components["stack"], manifest["stack"]["metadata"]))
+                named = manifest["stack"]["sources"] + named
+            tensors = components["lora"]
+        else:
+            metadata, tensors = _merged([lora_dir, *soup]) if soup else _read_lora(lora_dir)
+            manifest = {"kind": "lora", "metadata": metadata, "world_step": world_step}
+            if soup:
+                manifest["soup"] = [str(Path(folder)) for folder in (lora_dir, *soup)]
+        components = {"lora": tensors}
+        if stack:
+            metadata, components["stack"] = _merged(stack, [1.0] * len(stack))
+            manifest["stack"] = {"metadata": metadata, "sources": named}
+    return write_bundle(dest, manifest, components, half=False)
 
 
-def load_lora(pipe, root: str | os.PathLike | None = None, fuse: bool = True, scale: float = 1.0):
+def load_lora(pipe, root: str | os.PathLike | None = None, fuse: bool = True, scale: float = 1.0, stack: bool = True):
     """Load the bundled stage-2 LoRA into `pipe` (the bundled world pipeline) as `pipe.load_lora_weights` does, and
     by default fuse it into the UNet (its update times `scale`, 1 by default) and drop the LoRA layers, so generation
-    costs what the base pipeline's does.
+    costs what the base pipeline's does. The LoRAs stacked on it (`bundle_lora(stack=...)`) come with it, unless
+    `stack` is False (the model they were trained on). Unfused, the adapters are `tuned` and `stacked`, both active
+    at `scale`.
 
     Raises:
         BundleError: a missing or corrupt weight file (names it, and the command that rebuilds it).
     """
     manifest, components = read_bundle("lora", root)
-    _attach_lora(pipe, components["lora"], manifest["metadata"], "tuned")  # the LoRA has no text-encoder part
-    if fuse:
-        pipe.fuse_lora(components=["unet"], lora_scale=scale)
-        pipe.unload_lora_weights()
+    parts = [("tuned", components["lora"], manifest["metadata"])]  # the LoRA has no text-encoder part
+    if stack and "stack" in components:
+        parts.append(("stacked", components["stack"], manifest["stack"]["metadata"]))
+    for name, tensors, metadata in parts:
+        with warnings.catch_warnings():  # unfused, peft warns of the second adapter, which is what is meant here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
+            _attach_lora(pipe, tensors, metadata, name)
+        if fuse:  # one at a time, as diffusers scales the active adapter only
+            pipe.fuse_lora(components=["unet"], lora_scale=scale, adapter_names=[name])
+            pipe.unload_lora_weights()
+    if not fuse:
+        pipe.set_adapters([name for name, _, _ in parts], [scale] * len(parts))
     return pipe
 
 

@@ -9,6 +9,7 @@ discadapt world bundle RUN                              bundle a finished RUN's 
 discadapt world bundle --probe RUN                      bundle the adapter of a `discadapt probe --world` run
 discadapt world bundle --tune RUN                       bundle the LoRA and adapter of a `discadapt tune --world` run
 discadapt world bundle --tune RUN --soup LORA [...]     the same, the LoRA the mean of its and more runs' updates
+discadapt world bundle --stack LORA [...]               add LoRAs trained on the tuned model (reward_tuning.py's) to it
 discadapt world bundle --tuned-adapter DIR              bundle an adapter for the tuned model (e.g. probed on it)
 discadapt world bundle --augment RUN [--rounds K]       bundle the enhancement LoRAs of an interaction loop run
 """
@@ -103,10 +104,10 @@ def _bundle(args) -> int:
 
     from .bundle import bundle_adapter, bundle_clip, bundle_interaction, bundle_lora, bundle_world
 
-    if not (args.run or args.probe or args.tune or args.augment or args.tuned_adapter):
+    if not (args.run or args.probe or args.tune or args.stack or args.augment or args.tuned_adapter):
         raise ValueError(
-            "`discadapt world bundle` needs a world RUN folder, --probe RUN, --tune RUN, --tuned-adapter DIR or "
-            "--augment RUN."
+            "`discadapt world bundle` needs a world RUN folder, --probe RUN, --tune RUN, --stack LORA, "
+            "--tuned-adapter DIR or --augment RUN."
         )
     if args.tuned_adapter and not (Path(args.tuned_adapter) / "config.json").is_file():
         raise FileNotFoundError(
@@ -117,7 +118,8 @@ def _bundle(args) -> int:
         raise ValueError("`--rounds` applies to --augment RUN; pass that too, or drop --rounds.")
     if args.soup and not args.tune:
         raise ValueError("`--soup` applies to --tune RUN; pass that too, or drop --soup.")
-    soup = [Path(f) / "lora" if (Path(f) / "lora").is_dir() else Path(f) for f in args.soup or ()]
+    soup, stack = ([Path(f) / "lora" if (Path(f) / "lora").is_dir() else Path(f) for f in folders or ()]
+                   for folders in (args.soup, args.stack))  # fmt: skip
     for run, parts in ((args.probe, ("adapter",)), (args.tune, ("lora", "adapter"))):
         for part in parts if run else ():
             if not (Path(run) / part).is_dir():
@@ -127,8 +129,8 @@ def _bundle(args) -> int:
         jobs += [("world", Path(args.run) / "world", bundle_world), ("clip", Path(args.run) / "clip", bundle_clip)]
     if args.probe:
         jobs.append(("adapter", Path(args.probe) / "adapter", bundle_adapter))
-    if args.tune:
-        jobs.append(("lora", Path(args.tune) / "lora", partial(bundle_lora, soup=soup)))
+    if args.tune or stack:  # --stack alone: on the bundled LoRA
+        jobs.append(("lora", args.tune and Path(args.tune) / "lora", partial(bundle_lora, soup=soup, stack=stack)))
     if args.tune or args.tuned_adapter:
         adapter = Path(args.tuned_adapter) if args.tuned_adapter else Path(args.tune) / "adapter"
         jobs.append(("tuned_adapter", adapter, partial(bundle_adapter, name="tuned_adapter")))
@@ -169,6 +171,11 @@ def add_commands(subparsers) -> None:
         "--soup", nargs="+", metavar="LORA",
         help="with --tune: more stage-2 LoRAs (tune run or LoRA folders); the bundled LoRA is the mean of their "
         "updates and --tune's (the adapter stays --tune's)",
+    )  # fmt: skip
+    bundle.add_argument(
+        "--stack", nargs="+", metavar="LORA",
+        help="LoRAs trained on the tuned model (e.g. benchmarks/reward_tuning.py's OUT/lora-K), bundled beside the "
+        "stage-2 LoRA at full weight and fused on top of it; alone: added to the bundled LoRA (kept as it is)",
     )  # fmt: skip
     bundle.add_argument(
         "--tuned-adapter", metavar="DIR",

@@ -14,7 +14,8 @@ slice the adapter is measured on held-out scenes (never on training ones):
 The learning rate is constant, so the adapter at step K equals that of a K-step run. Resumable: the training run
 keeps checkpoints, and OUT/curve.json gains a point per finished slice (the adapter of each in OUT/adapter-K); rerun
 with larger `--at` to extend it. `--tuned` probes the bundled tuned model (stage-2 LoRA fused) instead of the base
-model: an adapter fitted to the features the tuned model's self-correction reads.
+model: an adapter fitted to the features the tuned model's self-correction reads (`--unstacked`: without the LoRAs
+stacked on the stage-2 LoRA, the model the bundled `tuned_adapter` was probed on).
 
     python benchmarks/probe_curve.py --out runs/probe-curve --at 1500 3000 6000 12000
 """
@@ -38,10 +39,9 @@ from discadapt.train import ProbeConfig  # noqa: E402
 from discadapt.train.engine import run_training  # noqa: E402
 from discadapt.train.probe import ProbeObjective  # noqa: E402
 from discadapt.worlds.shapes.adapter_data import ShapeWorldItems  # noqa: E402
-from discadapt.worlds.shapes.bundle import load_pipeline  # noqa: E402
+from discadapt.worlds.shapes.bundle import load_lora, load_pipeline  # noqa: E402
 from discadapt.worlds.shapes.plugin import TRAIN_EXAMPLES  # noqa: E402
 from discadapt.worlds.shapes.probing import SPLITS, adapter_item_results, hard_negative_accuracy  # noqa: E402
-from discadapt.worlds.shapes.rows import bundled_tuned  # noqa: E402
 
 T = 250  # the demo's probing timestep (rows.ADAPTER_T)
 BUNDLED = {  # the bundled stage-1 adapter's settings (README, "DPT on the world")
@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--probe-examples", type=int, default=100, help="held-out scenes per category and split")
     parser.add_argument("--items", type=int, default=250, help="held-out items per split (ITM sides, REC)")
     parser.add_argument("--tuned", action="store_true", help="probe the bundled tuned pipeline (stage-2 LoRA fused)")
+    parser.add_argument("--unstacked", action="store_true", help="with --tuned: without the LoRAs stacked on it")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -105,7 +106,9 @@ def main(argv=None) -> int:
     curve_path = out / "curve.json"
     curve = json.loads(curve_path.read_text()) if curve_path.exists() else {"settings": vars(args), "points": []}
     done = {p["step"] for p in curve["points"]}
-    pipe = bundled_tuned()[0] if args.tuned else load_pipeline()
+    if args.unstacked and not args.tuned:
+        parser.error("`--unstacked` applies to --tuned; pass that too, or drop --unstacked.")
+    pipe = load_lora(load_pipeline(), stack=not args.unstacked) if args.tuned else load_pipeline()
     dataset = ShapeWorldItems(TRAIN_EXAMPLES, split="train", seed=0, image_size=32)
     for mark in marks:
         if mark in done:

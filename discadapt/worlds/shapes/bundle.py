@@ -67,8 +67,8 @@ REBUILD = {
         "LORA` for each LoRA its manifest's `stack` names)"
     ),
     "tuned_adapter": (
-        "python benchmarks/probe_curve.py --tuned --out RUN --at 1500 && discadapt world bundle --tuned-adapter "
-        "RUN/adapter-1500"
+        "python benchmarks/probe_curve.py --tuned --unstacked --out RUN --at 1500 && discadapt world bundle "
+        "--tuned-adapter RUN/adapter-1500"
     ),
     "interaction": "python benchmarks/augment_shapes.py --out RUN ... && discadapt world bundle --augment RUN",
 }

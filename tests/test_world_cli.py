@@ -38,7 +38,7 @@ def test_world_train_errors(tmp_path, capsys):
     assert main(["world", "bundle", "--tune", str(tmp_path)]) == 2
     assert f"{tmp_path / 'lora'} is missing: has that run finished? Nothing was bundled." in capsys.readouterr().err
     assert main(["world", "bundle"]) == 2
-    needs = "needs a world RUN folder, --probe RUN, --tune RUN, --tuned-adapter DIR or --augment RUN"
+    needs = "needs a world RUN folder, --probe RUN, --tune RUN, --stack LORA, --tuned-adapter DIR or --augment RUN"
     assert needs in capsys.readouterr().err
     assert main(["world", "bundle", "--rounds", "2", str(tmp_path)]) == 2
     assert "`--rounds` applies to --augment RUN" in capsys.readouterr().err

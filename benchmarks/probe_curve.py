@@ -88,6 +88,8 @@ def main(argv=None) -> int:
     parser.add_argument("--unstacked", action="store_true", help="with --tuned: without the LoRAs stacked on it")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
+    if args.unstacked and not args.tuned:
+        parser.error("`--unstacked` applies to --tuned; pass that too, or drop --unstacked.")
     set_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,8 +108,6 @@ def main(argv=None) -> int:
     curve_path = out / "curve.json"
     curve = json.loads(curve_path.read_text()) if curve_path.exists() else {"settings": vars(args), "points": []}
     done = {p["step"] for p in curve["points"]}
-    if args.unstacked and not args.tuned:
-        parser.error("`--unstacked` applies to --tuned; pass that too, or drop --unstacked.")
     pipe = load_lora(load_pipeline(), stack=not args.unstacked) if args.tuned else load_pipeline()
     dataset = ShapeWorldItems(TRAIN_EXAMPLES, split="train", seed=0, image_size=32)
     for mark in marks:

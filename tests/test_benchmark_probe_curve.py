@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -38,3 +39,13 @@ def test_tuned_probes_the_tuned_model(tmp_path):
     base, tuned = _weights(tmp_path / "base" / "adapter-2"), _weights(tmp_path / "tuned" / "adapter-2")
     assert base.keys() == tuned.keys() and any(not (base[k] == tuned[k]).all() for k in base)
     assert json.loads((tmp_path / "tuned" / "curve.json").read_text())["settings"]["tuned"] is True
+    # `--unstacked`: the stage-2 LoRA without the LoRAs stacked on it (the bundle has one), another model again
+    probe_curve.main(["--out", str(tmp_path / "unstacked"), "--tuned", "--unstacked", "--at", "2", *SMALL])
+    unstacked = _weights(tmp_path / "unstacked" / "adapter-2")
+    assert any(not (unstacked[k] == tuned[k]).all() for k in tuned)
+
+
+def test_unstacked_needs_tuned(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        probe_curve.main(["--out", str(tmp_path / "x"), "--unstacked", "--at", "2", *SMALL])
+    assert "`--unstacked` applies to --tuned" in capsys.readouterr().err and not (tmp_path / "x").exists()

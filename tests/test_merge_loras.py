@@ -106,7 +106,7 @@ def test_world_bundle_stack(tmp_path, capsys):
     `stack=False` the LoRA alone); stacking again adds to what is stacked, the bundled LoRA's file left as it was."""
     from discadapt import DiscriminativeAdapter
     from discadapt.cli import main
-    from discadapt.worlds.shapes.bundle import load_lora, load_pipeline
+    from discadapt.worlds.shapes.bundle import bundle_lora, load_lora, load_pipeline
 
     world = load_pipeline()
     run, first, second = (random_lora(world, tmp_path / name, seed=k) for k, name in enumerate(("run/lora", "a", "b")))
@@ -116,6 +116,8 @@ def test_world_bundle_stack(tmp_path, capsys):
     dest = tmp_path / "weights"
     assert main(["world", "bundle", "--stack", str(first), "--dest", str(dest)]) == 2
     assert "lora/manifest.json is missing" in capsys.readouterr().err  # nothing bundled to stack on
+    with pytest.raises(ValueError, match="`lora_dir` is None and `stack` is empty"):
+        bundle_lora(None, dest / "lora")
     assert main(["world", "bundle", "--tune", str(tmp_path / "run"), "--dest", str(dest)]) == 0
     lora_file = (dest / "lora" / "lora.safetensors").read_bytes()
     assert main(["world", "bundle", "--stack", str(first), "--dest", str(dest)]) == 0
